@@ -1,0 +1,42 @@
+"""Shared bits of the benchmark scripts: where results go and what machine made them."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    import torch
+
+    from importlib.metadata import version
+
+    return {
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {p: version(p) for p in ("cleanloop", "torch", "transformers", "datasets", "cleanlab", "scikit-learn")},
+    }
+
+
+def update_results(name: str, part: dict) -> Path:
+    """Merge ``part`` into ``bench/results/<name>.json`` (so parts can run separately) and rewrite it atomically."""
+    path = RESULTS / f"{name}.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    for key, val in part.items():
+        if isinstance(val, dict) and isinstance(data.get(key), dict):
+            data[key].update(val)
+        else:
+            data[key] = val
+    data["machine"] = machine()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path

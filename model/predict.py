@@ -1,0 +1,117 @@
+"""Load a trained model folder and predict: the one object behind score, predict and serve."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cleanloop.errors import CleanloopError
+from cleanloop.model.infer import (
+    classifier_step,
+    default_device,
+    encoder_step,
+    forward_batches,
+    resolve_model_name,
+)
+
+FEATURES_HEAD = "logreg.joblib"
+FEATURES_META = "features.json"
+
+
+@dataclass
+class Prediction:
+    """One text's prediction: the top label, its probability, and all labels' probabilities."""
+
+    label: str
+    score: float
+    probabilities: dict[str, float]
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
+
+
+class Predictor:
+    """A text classifier loaded from a folder: a fine-tuned cleanloop model, a
+    ``--method features`` run (frozen encoder + logistic regression), or any Hub /
+    local sequence-classification model with ``id2label``.
+
+    >>> p = Predictor.load("runs/emotion/model")
+    >>> p.predict(["i feel great"])[0].label
+    """
+
+    def __init__(self, model, tokenizer, label_names: list[str], max_length: int = 64, head=None, pooling="mean"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.label_names = list(label_names)
+        self.max_length = max_length
+        self.head = head  # sklearn classifier over frozen features, or None
+        self.pooling = pooling
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = None, max_length: int = 64) -> "Predictor":
+        from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+        folder = Path(path)
+        dev = torch.device(device) if device is not None else default_device()
+        if (folder / FEATURES_HEAD).exists():
+            import joblib
+
+            meta = json.loads((folder / FEATURES_META).read_text())
+            encoder_name = resolve_model_name(meta["base_model"])
+            model = AutoModel.from_pretrained(encoder_name).to(dev)
+            tok = AutoTokenizer.from_pretrained(encoder_name)
+            head = joblib.load(folder / FEATURES_HEAD)
+            return cls(model, tok, meta["label_names"], meta.get("max_length", max_length), head, meta["pooling"])
+        name = str(folder) if folder.exists() else resolve_model_name(str(path))
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(name).to(dev)
+            tok = AutoTokenizer.from_pretrained(name)
+        except (OSError, ValueError) as exc:
+            raise CleanloopError(
+                f"cannot load a classifier from {path} ({str(exc).splitlines()[0][:160]}); "
+                "fix: point at the model folder written by 'cleanloop train' (WORKDIR/model)"
+            ) from None
+        id2label = model.config.id2label or {}
+        names = [id2label.get(i, str(i)) for i in range(model.config.num_labels)]
+        meta_file = folder / "cleanloop.json"
+        if meta_file.exists():
+            max_length = json.loads(meta_file.read_text()).get("max_length", max_length)
+        return cls(model, tok, names, max_length)
+
+    def predict_arrays(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Class probabilities and embeddings for N texts.
+
+        Returns ``probs`` (N, C) softmax probabilities, rows summing to one, columns
+        in ``label_names`` order, and ``embeddings`` (N, D) mean-pooled last hidden states.
+        """
+        if self.head is None:
+            return forward_batches(
+                self.model, self.tokenizer, texts, classifier_step, batch_size, self.max_length, progress
+            )
+        feats = forward_batches(
+            self.model, self.tokenizer, texts, encoder_step(self.pooling), batch_size, self.max_length, progress
+        )["features"]
+        probs = np.zeros((len(feats), len(self.label_names)), dtype=np.float32)
+        probs[:, self.head.classes_] = self.head.predict_proba(feats)
+        return {"probs": probs, "embeddings": feats}
+
+    def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[Prediction]:
+        """One :class:`Prediction` per text, in input order."""
+        probs = self.predict_arrays(texts, batch_size)["probs"] if len(texts) else np.zeros((0, 0))
+        out = []
+        for row in probs:
+            top = int(row.argmax())
+            out.append(
+                Prediction(self.label_names[top], float(row[top]), dict(zip(self.label_names, map(float, row))))
+            )
+        return out

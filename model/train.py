@@ -1,0 +1,326 @@
+"""Train the classifier: a fine-tuned transformer (default) or frozen features + logistic regression.
+
+:class:`ClassifierTrainer` takes a :class:`~cleanloop.config.Config` and a
+``DatasetDict`` (columns id, text, label) and writes, in one folder:
+the model (and tokenizer), ``metrics.json`` (validation and test), confusion
+matrix PNGs, a model card ``README.md`` and, for fine-tuning, ``dynamics.npz``
+(each train example's probabilities at every epoch end, for flagging).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cleanloop import __version__
+from cleanloop.config import Config
+from cleanloop.model.card import model_card
+from cleanloop.model.infer import classifier_step, encoder_step, forward_batches, resolve_model_name
+from cleanloop.model.metrics import classification_metrics, plot_confusion_matrix
+from cleanloop.model.predict import FEATURES_HEAD, FEATURES_META
+
+log = logging.getLogger(__name__)
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Inverse-frequency weights ``n / (C * count_c)``, mean 1 over examples; unseen classes get 1.
+
+    labels: (N,) integer labels. Returns (C,) float32 weights.
+    """
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    w = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 1.0)
+    return w.astype(np.float32)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    output_dir: Path
+    metrics: dict
+    train_seconds: float
+    artifacts: list[Path] = field(default_factory=list)
+
+
+def model_dir(cfg: Config) -> Path:
+    """Where ``cleanloop train`` puts the model of ``cfg.method``."""
+    return cfg.workpath / ("model" if cfg.method == "finetune" else "features")
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished folder into place so a crash never leaves a half-written model."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def evaluate_splits(probs_by_split: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], out: Path, title: str):
+    """Metrics per split and a confusion-matrix PNG for each; returns (metrics, png paths)."""
+    metrics, pngs = {}, []
+    for split, (y, probs) in probs_by_split.items():
+        m = classification_metrics(y, probs.argmax(1), names)
+        metrics[split] = m
+        pngs.append(plot_confusion_matrix(m["confusion_matrix"], names, f"{title} ({split})", out / f"confusion_{split}.png"))
+    return metrics, pngs
+
+
+class ClassifierTrainer:
+    """Train, evaluate and save a classifier as ``cfg`` says.
+
+    >>> result = ClassifierTrainer(cfg).train(dataset_dict)
+    >>> result.metrics["test"]["accuracy"]
+    """
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def train(self, dd, output_dir: Path | None = None) -> TrainResult:
+        out = Path(output_dir) if output_dir is not None else model_dir(self.cfg)
+        if self.cfg.method == "features":
+            return self._train_features(dd, out)
+        return self._train_finetune(dd, out)
+
+    # --- fine-tuning -------------------------------------------------------------
+    def _train_finetune(self, dd, out: Path) -> TrainResult:
+        from transformers import (
+            AutoModelForSequenceClassification,
+            AutoTokenizer,
+            DataCollatorWithPadding,
+            Trainer,
+            TrainerCallback,
+            TrainingArguments,
+            set_seed,
+        )
+
+        cfg = self.cfg
+        names = dd["train"].features["label"].names
+        base = resolve_model_name(cfg.base_model)
+        set_seed(cfg.seed)
+        tok = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base,
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)},
+        )
+
+        def tokenize(batch):
+            enc = tok(batch["text"], truncation=True, max_length=cfg.max_length)
+            enc["length"] = [len(x) for x in enc["input_ids"]]
+            return enc
+
+        keep = ["input_ids", "attention_mask", "token_type_ids", "labels", "length"]
+        enc = dd.map(tokenize, batched=True, desc="tokenize").rename_column("label", "labels")
+        enc = enc.remove_columns([c for c in enc["train"].column_names if c not in keep])
+        has_val = "validation" in dd
+        per_epoch = cfg.epochs > 1 and has_val
+        tmp = out.with_name(out.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        args = TrainingArguments(
+            output_dir=str(cfg.workpath / "checkpoints"),
+            num_train_epochs=cfg.epochs,
+            learning_rate=cfg.learning_rate,
+            per_device_train_batch_size=cfg.batch_size,
+            per_device_eval_batch_size=cfg.eval_batch_size,
+            weight_decay=cfg.weight_decay,
+            warmup_steps=cfg.warmup_ratio,
+            label_smoothing_factor=cfg.label_smoothing,
+            eval_strategy="epoch" if per_epoch else "no",
+            save_strategy="epoch" if per_epoch else "no",
+            save_total_limit=1,
+            save_only_model=True,
+            load_best_model_at_end=per_epoch,
+            metric_for_best_model="macro_f1",
+            greater_is_better=True,
+            train_sampling_strategy="group_by_length",
+            logging_strategy="steps",
+            logging_steps=50,
+            report_to="none",
+            seed=cfg.seed,
+            dataloader_num_workers=0,
+        )
+
+        def compute_metrics(pred):
+            return {
+                k: v
+                for k, v in classification_metrics(pred.label_ids, pred.predictions.argmax(-1), names).items()
+                if k in ("accuracy", "macro_f1", "weighted_f1")
+            }
+
+        loss_func = None
+        if cfg.class_weights:
+            w = torch.tensor(class_weights(np.asarray(dd["train"]["label"]), len(names)))
+
+            def loss_func(outputs, labels, num_items_in_batch=None):
+                logits = outputs["logits"]
+                return torch.nn.functional.cross_entropy(
+                    logits.float(), labels, weight=w.to(logits.device), label_smoothing=cfg.label_smoothing
+                )
+
+        train_texts = list(dd["train"]["text"])
+        dynamics: list[np.ndarray] = []
+
+        class DynamicsCallback(TrainerCallback):
+            """Record every train example's probabilities at each epoch end (training dynamics)."""
+
+            def on_epoch_end(self, args, state, control, model=None, **kw):
+                probs = forward_batches(
+                    model, tok, train_texts, classifier_step, cfg.eval_batch_size, cfg.max_length
+                )["probs"]
+                dynamics.append(probs.astype(np.float16))
+
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=enc["train"],
+            eval_dataset=enc["validation"] if has_val else None,
+            processing_class=tok,
+            data_collator=DataCollatorWithPadding(tok),
+            compute_metrics=compute_metrics if has_val else None,
+            compute_loss_func=loss_func,
+            callbacks=[DynamicsCallback()] if cfg.record_dynamics else [],
+        )
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+        if not trainer.is_world_process_zero():
+            return TrainResult(out, {}, seconds)
+
+        tmp.mkdir(parents=True)
+        trainer.save_model(str(tmp))
+        model = trainer.model
+        eval_probs = {}
+        for split in ("validation", "test"):
+            if split in dd:
+                probs = forward_batches(
+                    model, tok, list(dd[split]["text"]), classifier_step, cfg.eval_batch_size, cfg.max_length
+                )["probs"]
+                eval_probs[split] = (np.asarray(dd[split]["label"]), probs)
+        metrics, pngs = evaluate_splits(eval_probs, names, tmp, "fine-tuned " + Path(base).name)
+        info = self._run_info(dd, seconds, len(dynamics))
+        if dynamics:
+            np.savez_compressed(
+                tmp / "dynamics.npz",
+                ids=np.asarray(dd["train"]["id"]),
+                labels=np.asarray(dd["train"]["label"]),
+                probs=np.stack(dynamics),
+            )
+        self._write(tmp, metrics, info, names)
+        shutil.rmtree(cfg.workpath / "checkpoints", ignore_errors=True)
+        _replace_dir(tmp, out)
+        return TrainResult(out, metrics, seconds, [out / p.name for p in pngs])
+
+    # --- frozen features + logistic regression -----------------------------------
+    def _train_features(self, dd, out: Path) -> TrainResult:
+        from sklearn.dummy import DummyClassifier
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+        import joblib
+
+        cfg = self.cfg
+        names = dd["train"].features["label"].names
+        feats = {split: extract_features(cfg, ds) for split, ds in dd.items()}
+        y = {split: np.asarray(ds["label"]) for split, ds in dd.items()}
+        start = time.perf_counter()
+        head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=cfg.seed))
+        head.fit(feats["train"], y["train"])
+        seconds = time.perf_counter() - start
+        dummy = DummyClassifier(strategy="most_frequent").fit(feats["train"], y["train"])
+
+        tmp = out.with_name(out.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        eval_probs, dummy_probs = {}, {}
+        for split in ("validation", "test"):
+            if split in dd:
+                eval_probs[split] = (y[split], _full_proba(head, feats[split], len(names)))
+                dummy_probs[split] = (y[split], _full_proba(dummy, feats[split], len(names)))
+        metrics, pngs = evaluate_splits(eval_probs, names, tmp, f"features + logistic regression")
+        dummy_metrics, _ = evaluate_splits(dummy_probs, names, tmp / "dummy", "most frequent class")
+        shutil.rmtree(tmp / "dummy")
+        metrics["dummy"] = {s: {k: m[k] for k in ("accuracy", "macro_f1", "weighted_f1")} for s, m in dummy_metrics.items()}
+        joblib.dump(head, tmp / FEATURES_HEAD)
+        (tmp / FEATURES_META).write_text(
+            json.dumps(
+                {"base_model": cfg.base_model, "pooling": cfg.pooling, "max_length": cfg.max_length, "label_names": names},
+                indent=2,
+            )
+        )
+        self._write(tmp, metrics, self._run_info(dd, seconds, 0), names)
+        _replace_dir(tmp, out)
+        return TrainResult(out, metrics, seconds, [out / p.name for p in pngs])
+
+    # --- shared ------------------------------------------------------------------
+    def _run_info(self, dd, seconds: float, epochs_recorded: int) -> dict:
+        import platform
+
+        return {
+            "cleanloop_version": __version__,
+            "config": self.cfg.to_dict(),
+            "train_examples": len(dd["train"]),
+            "train_seconds": round(seconds, 2),
+            "dynamics_epochs": epochs_recorded,
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        }
+
+    def _write(self, folder: Path, metrics: dict, info: dict, names: list[str]) -> None:
+        (folder / "metrics.json").write_text(json.dumps({**metrics, "run": info}, indent=2))
+        (folder / "cleanloop.json").write_text(
+            json.dumps({"label_names": names, "max_length": self.cfg.max_length, "method": self.cfg.method}, indent=2)
+        )
+        (folder / "README.md").write_text(model_card(self.cfg, metrics, info, names))
+
+
+def _full_proba(clf, X: np.ndarray, num_classes: int) -> np.ndarray:
+    probs = np.zeros((len(X), num_classes), dtype=np.float32)
+    probs[:, clf.classes_] = clf.predict_proba(X)
+    return probs
+
+
+def extract_features(cfg: Config, ds) -> np.ndarray:
+    """Frozen-encoder features (N, D) for a split, cached on disk by model, pooling and content."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from cleanloop.model.infer import default_device
+
+    key = hashlib.sha1()
+    for part in (cfg.base_model, cfg.pooling, str(cfg.max_length)):
+        key.update(part.encode() + b"\0")
+    for i, t in zip(ds["id"], ds["text"]):
+        key.update(i.encode() + b"\0" + t.encode() + b"\0")
+    cache = cfg.workpath / "cache" / f"features-{key.hexdigest()[:20]}.npy"
+    if cache.exists():
+        return np.load(cache)
+    name = resolve_model_name(cfg.base_model)
+    model = AutoModel.from_pretrained(name).to(default_device())
+    tok = AutoTokenizer.from_pretrained(name)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(ds), desc="embed", unit="ex") as bar:
+        feats = forward_batches(
+            model, tok, list(ds["text"]), encoder_step(cfg.pooling), cfg.eval_batch_size, cfg.max_length, bar.update
+        )["features"]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npy")
+    np.save(tmp, feats)
+    os.replace(tmp, cache)
+    return feats

@@ -1,0 +1,43 @@
+"""The ``cleanloop`` command line.
+
+Built on click directly: typer 0.9 (the newest that argilla-server 2.8 allows)
+cannot parse options with the click release that huggingface_hub needs.
+Every :class:`~cleanloop.config.Config` field is an option on every command
+(``--learning-rate``, ``--dataset``...), generated from the dataclass.
+Each ``cli/<area>.py`` module adds its commands to :data:`app` when imported.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from cleanloop.cli import core  # noqa: F401  (registers commands)
+from cleanloop.cli.options import app
+from cleanloop.errors import CleanloopError
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted; nothing half-written was kept", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except CleanloopError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

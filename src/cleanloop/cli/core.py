@@ -1,0 +1,126 @@
+"""Core commands: data describe, train, score, config."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+
+from cleanloop.cli.options import app, config_options
+from cleanloop.config import Config
+from cleanloop.errors import CleanloopError
+
+log = logging.getLogger("cleanloop")
+
+
+def _echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2))
+
+
+# --- data ------------------------------------------------------------------------
+
+
+@app.group()
+def data() -> None:
+    """Look at the data set."""
+
+
+@data.command("describe")
+@config_options
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for the PNG plots (default: WORKDIR/data).")
+def data_describe(cfg: Config, plots_dir: str | None) -> None:
+    """Class distribution and words per example per class; writes the two plots as PNG."""
+    from cleanloop.model.data import describe, load_data, plot_describe
+
+    dd = load_data(cfg)
+    table = describe(dd)
+    for split, sub in table.groupby("split", sort=False):
+        click.echo(f"\n{split}: {int(sub['examples'].sum()):,} examples")
+        click.echo(f"  {'label':<14}{'examples':>9}{'share':>8}{'words mean':>12}{'median':>8}{'max':>6}")
+        for r in sub.itertuples():
+            click.echo(
+                f"  {r.label:<14}{r.examples:>9,}{r.share:>8.1%}{r.words_mean:>12.1f}{r.words_median:>8.0f}{r.words_max:>6}"
+            )
+    pngs = plot_describe(dd, Path(plots_dir) if plots_dir else cfg.workpath / "data")
+    click.echo("\nplots: " + ", ".join(str(p) for p in pngs))
+
+
+# --- train -----------------------------------------------------------------------
+
+
+@app.command()
+@config_options
+def train(cfg: Config) -> None:
+    """Train the classifier (fine-tune, or --method features) and evaluate it on validation and test."""
+    from cleanloop.model.data import load_data
+    from cleanloop.model.train import ClassifierTrainer
+
+    dd = load_data(cfg)
+    sizes = ", ".join(f"{s} {len(d):,}" for s, d in dd.items())
+    log.info("data: %s (%s); method %s; base model %s", cfg.dataset, sizes, cfg.method, cfg.base_model)
+    result = ClassifierTrainer(cfg).train(dd)
+    if not result.metrics:
+        return  # not the main process of a multi-process launch
+    click.echo(f"\nmodel saved to {result.output_dir} (trained in {result.train_seconds:.0f} s)")
+    rows = [("dummy (most frequent)", m) for m in [result.metrics.get("dummy", {}).get("test")] if m]
+    rows += [(f"{cfg.method} {s}", result.metrics[s]) for s in ("validation", "test") if s in result.metrics]
+    for name, m in rows:
+        click.echo(f"  {name:<24} accuracy {m['accuracy']:.2%}  macro F1 {m['macro_f1']:.3f}  weighted F1 {m['weighted_f1']:.3f}")
+    click.echo(f"  metrics: {result.output_dir / 'metrics.json'}; confusion matrix: {result.output_dir / 'confusion_test.png'}")
+
+
+# --- score -----------------------------------------------------------------------
+
+
+@app.command()
+@config_options
+@click.option("--model", "model_path", type=click.Path(), default=None,
+              help="Model folder (default: WORKDIR/model, or WORKDIR/features with --method features).")
+@click.option("--split", "splits", multiple=True, default=("train", "validation", "test"), show_default=True,
+              help="Split(s) to score.")
+@click.option("--output", "output_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for <split>.parquet (default: WORKDIR/scores).")
+def score(cfg: Config, model_path: str | None, splits: tuple[str, ...], output_dir: str | None) -> None:
+    """Score every example: probabilities, prediction, per-sample loss and embedding, as parquet keyed by id."""
+    from tqdm.auto import tqdm
+
+    from cleanloop.model.data import load_data
+    from cleanloop.model.predict import Predictor
+    from cleanloop.model.score import score_frame, write_parquet_atomic
+    from cleanloop.model.train import model_dir
+
+    folder = Path(model_path) if model_path else model_dir(cfg)
+    if not folder.exists():
+        raise CleanloopError(f"no model at {folder}; fix: run 'cleanloop train' first or pass --model")
+    predictor = Predictor.load(folder, max_length=cfg.max_length)
+    dd = load_data(cfg)
+    if predictor.label_names != dd["train"].features["label"].names:
+        raise CleanloopError(
+            f"model {folder} predicts {predictor.label_names} but the data has labels "
+            f"{dd['train'].features['label'].names}; fix: score with the model trained on this data"
+        )
+    out = Path(output_dir) if output_dir else cfg.workpath / "scores"
+    for split in splits:
+        if split not in dd:
+            raise CleanloopError(f"no split '{split}' in {cfg.dataset} (has {', '.join(dd)}); fix: pick one of those")
+        ds = dd[split]
+        with tqdm(total=len(ds), desc=f"score {split}", unit="ex") as bar:
+            df = score_frame(predictor, list(ds["id"]), list(ds["text"]), ds["label"], cfg.eval_batch_size, bar.update)
+        path = write_parquet_atomic(df, out / f"{split}.parquet")
+        acc = float((df["predicted_label"] == df["label"]).mean())
+        click.echo(f"{split}: {len(df):,} examples scored, accuracy {acc:.2%}, mean loss {df['loss'].mean():.3f} -> {path}")
+
+
+# --- config ----------------------------------------------------------------------
+
+
+@app.command("config")
+@config_options
+def show_config(cfg: Config) -> None:
+    """Print the configuration in effect (file + options), as JSON."""
+    _echo_json(cfg.to_dict())
+
+

@@ -1,0 +1,57 @@
+"""Shared CLI plumbing: the Config options every command takes, and the root group."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import sys
+from typing import get_origin
+
+import click
+
+from cleanloop.config import Config, field_types, load_config
+
+
+def config_options(func):
+    """Add ``--config`` and one option per Config field; pass the built Config as ``cfg``."""
+    types = field_types()
+    for f in reversed(dataclasses.fields(Config)):
+        opt = "--" + f.name.replace("_", "-")
+        typ = types[f.name]
+        help_ = f.metadata.get("help", "")
+        if typ is bool:
+            func = click.option(f"{opt}/--no-{opt[2:]}", f.name, default=None, help=help_)(func)
+        elif get_origin(typ) is list:
+            func = click.option(opt, f.name, type=str, default=None, help=help_ + " (comma-separated)")(func)
+        else:
+            func = click.option(opt, f.name, type=typ, default=None, help=help_)(func)
+    func = click.option(
+        "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+        help="TOML config (default: ./cleanloop.toml when present).",
+    )(func)
+
+    @functools.wraps(func)
+    def wrapper(config_path, **kwargs):
+        names = {f.name for f in dataclasses.fields(Config)}
+        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+        cfg = load_config(config_path, **overrides)
+        return func(cfg=cfg, **kwargs)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="cleanloop")
+@click.option("-v", "--verbose", is_flag=True, help="Show debug logs.")
+def app(verbose: bool) -> None:
+    """cleanloop: find and fix wrong labels in text data, with a model and annotators in Argilla."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr, force=True
+    )
+    for noisy in ("httpx", "urllib3", "datasets", "filelock", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+

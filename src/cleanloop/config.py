@@ -1,0 +1,150 @@
+"""One configuration object for every cleanloop command.
+
+A :class:`Config` is read from ``cleanloop.toml`` (flat keys, optionally grouped
+in tables such as ``[data]`` or ``[training]`` for readability) and every field
+can be overridden from the command line (``--learning-rate 1e-4``) or from Python
+(``Config(learning_rate=1e-4)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from cleanloop.errors import CleanloopError
+
+DEFAULT_BASE_MODEL = "packaged:all-MiniLM-L6-v2"
+DEFAULT_DATASET = "dair-ai/emotion"
+
+
+@dataclass
+class Config:
+    # --- data -------------------------------------------------------------
+    dataset: str = field(
+        default=DEFAULT_DATASET,
+        metadata={"help": "Hub id, a parquet/csv/jsonl file or folder of them, or a save_to_disk folder."},
+    )
+    text_column: str = field(default="text", metadata={"help": "Column holding the text."})
+    label_column: str = field(default="label", metadata={"help": "Column holding the label (name or index)."})
+    id_column: str = field(
+        default="", metadata={"help": "Column with a stable example id; empty: '<split>-<row>' ids."}
+    )
+    label_names: list[str] = field(
+        default_factory=list, metadata={"help": "Label names in index order; empty: taken from the data."}
+    )
+    max_train_samples: int = field(
+        default=0, metadata={"help": "Train on a stratified sample of this many examples (0: all)."}
+    )
+    # --- model ------------------------------------------------------------
+    base_model: str = field(
+        default=DEFAULT_BASE_MODEL,
+        metadata={"help": "'packaged:all-MiniLM-L6-v2' (offline), a Hub name or a local model folder."},
+    )
+    max_length: int = field(default=64, metadata={"help": "Tokens per text; longer texts are truncated."})
+    # --- training ---------------------------------------------------------
+    method: str = field(default="finetune", metadata={"help": "'finetune' or 'features' (frozen encoder + logreg)."})
+    epochs: float = field(default=1.0, metadata={"help": "Training epochs (full quality: 4)."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate."})
+    batch_size: int = field(default=32, metadata={"help": "Training batch size per device."})
+    eval_batch_size: int = field(default=32, metadata={"help": "Batch size for evaluation and scoring."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    warmup_ratio: float = field(default=0.06, metadata={"help": "Share of steps with linear warm-up."})
+    label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing factor of the loss."})
+    class_weights: bool = field(default=False, metadata={"help": "Weight the loss by inverse class frequency."})
+    pooling: str = field(default="mean", metadata={"help": "Feature pooling for --method features: 'mean' or 'cls'."})
+    record_dynamics: bool = field(
+        default=True, metadata={"help": "Record each train example's probabilities at every epoch end."}
+    )
+    seed: int = field(default=42, metadata={"help": "Random seed."})
+    workdir: str = field(default="runs/emotion", metadata={"help": "Where models, scores and reports go."})
+    # --- argilla ----------------------------------------------------------
+    argilla_url: str = field(default="http://127.0.0.1:6900", metadata={"help": "Argilla server URL."})
+    argilla_workspace: str = field(default="cleanloop", metadata={"help": "Argilla workspace."})
+    argilla_dataset: str = field(default="emotion-review", metadata={"help": "Argilla dataset for the review queue."})
+    argilla_annotators: list[str] = field(
+        default_factory=lambda: ["annotator"], metadata={"help": "Annotator user names created by 'argilla up'."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.method not in ("finetune", "features"):
+            raise CleanloopError(f"method must be 'finetune' or 'features', got {self.method!r}")
+        if self.pooling not in ("mean", "cls"):
+            raise CleanloopError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise CleanloopError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+    @property
+    def workpath(self) -> Path:
+        return Path(self.workdir)
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def field_types() -> dict[str, Any]:
+    """Map each Config field name to its Python type (``list[str]`` stays a generic alias)."""
+    return get_type_hints(Config)
+
+
+def _coerce(name: str, value: Any, typ: Any, where: str) -> Any:
+    if get_origin(typ) is list:
+        inner = get_args(typ)[0]
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise CleanloopError(f"{where}: '{name}' must be a list, got {value!r}; fix: write {name} = [\"a\", \"b\"]")
+        return [inner(v) for v in value]
+    if typ is bool and not isinstance(value, bool):
+        raise CleanloopError(f"{where}: '{name}' must be true or false, got {value!r}")
+    try:
+        return typ(value)
+    except (TypeError, ValueError):
+        raise CleanloopError(f"{where}: '{name}' must be {typ.__name__}, got {value!r}") from None
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
+    """Build a Config from a TOML file (optional) and keyword overrides.
+
+    ``path=None`` reads ``./cleanloop.toml`` when it exists. Keys may sit at the
+    top level or inside any table; an unknown key is an error naming the file.
+    Overrides whose value is ``None`` are ignored (an option not given).
+    """
+    types = field_types()
+    values: dict[str, Any] = {}
+    if path is None and Path("cleanloop.toml").exists():
+        path = "cleanloop.toml"
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise CleanloopError(f"config file {path} not found; fix: pass an existing --config or omit it")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise CleanloopError(f"{path}: not valid TOML ({exc}); fix the line it names") from None
+        flat: dict[str, Any] = {}
+        for key, val in raw.items():
+            items = val.items() if isinstance(val, dict) else [(key, val)]
+            for k, v in items:
+                k = k.replace("-", "_")
+                if k in flat:
+                    raise CleanloopError(f"{path}: key '{k}' is set twice; fix: keep one")
+                flat[k] = v
+        for k, v in flat.items():
+            if k not in types:
+                raise CleanloopError(
+                    f"{path}: unknown key '{k}'; fix: use one of {', '.join(sorted(types))}"
+                )
+            values[k] = _coerce(k, v, types[k], str(path))
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if k not in types:
+            raise CleanloopError(f"unknown setting '{k}'")
+        values[k] = _coerce(k, v, types[k], "option")
+    return Config(**values)
