@@ -13,6 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
+import torch
 from common import update_results
 
 from cleanloop.config import Config
@@ -31,7 +32,7 @@ def bench_features(cfg: Config, dd) -> dict:
 
 
 def bench_finetune(cfg: Config, dd) -> dict:
-    res = ClassifierTrainer(cfg).train(dd)
+    res = ClassifierTrainer(cfg.replace(record_dynamics=False)).train(dd)
     return {
         "finetune": {
             **{k: res.metrics["test"][k] for k in KEYS},
@@ -43,6 +44,7 @@ def bench_finetune(cfg: Config, dd) -> dict:
             "label_smoothing": cfg.label_smoothing,
             "train_seconds": round(res.train_seconds, 1),
             "train_examples_per_s": round(len(dd["train"]) * cfg.epochs / res.train_seconds, 1),
+            "torch_threads": torch.get_num_threads(),
         }
     }
 
@@ -82,7 +84,7 @@ def bench_scoring(model_dir: Path, texts: list[str], batch_size: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="features,finetune,scoring")
-    ap.add_argument("--workdir", default="bench/out/core")
+    ap.add_argument("--workdir", default=str(Path(__file__).resolve().parent / "out" / "core"))
     ap.add_argument("--epochs", type=float, default=5)
     ap.add_argument("--learning-rate", type=float, default=1e-4)
     args = ap.parse_args()

@@ -174,15 +174,18 @@ class ClassifierTrainer:
 
         train_texts = list(dd["train"]["text"])
         dynamics: list[np.ndarray] = []
+        dynamics_seconds = [0.0]
 
         class DynamicsCallback(TrainerCallback):
             """Record every train example's probabilities at each epoch end (training dynamics)."""
 
             def on_epoch_end(self, args, state, control, model=None, **kw):
+                t0 = time.perf_counter()
                 probs = forward_batches(
                     model, tok, train_texts, classifier_step, cfg.eval_batch_size, cfg.max_length
                 )["probs"]
-                dynamics.append(probs.astype(np.float16))
+                dynamics.append(probs.astype(np.float32))
+                dynamics_seconds[0] += time.perf_counter() - t0
 
         trainer = Trainer(
             model=model,
@@ -213,6 +216,7 @@ class ClassifierTrainer:
                 eval_probs[split] = (np.asarray(dd[split]["label"]), probs)
         metrics, pngs = evaluate_splits(eval_probs, names, tmp, "fine-tuned " + Path(base).name)
         info = self._run_info(dd, seconds, len(dynamics))
+        info["dynamics_seconds"] = round(dynamics_seconds[0], 2)
         if dynamics:
             np.savez_compressed(
                 tmp / "dynamics.npz",

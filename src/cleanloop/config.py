@@ -58,6 +58,14 @@ class Config:
     record_dynamics: bool = field(
         default=True, metadata={"help": "Record each train example's probabilities at every epoch end."}
     )
+    # --- flagging ----------------------------------------------------------
+    flag_source: str = field(
+        default="dynamics",
+        metadata={"help": "'dynamics' (the training run's per-epoch record) or 'oof' (k-fold with --method)."},
+    )
+    folds: int = field(default=5, metadata={"help": "Folds for out-of-fold probabilities (--flag-source oof)."})
+    filter_by: str = field(default="prune_by_noise_rate", metadata={"help": "cleanlab find_label_issues filter_by."})
+    max_review: int = field(default=500, metadata={"help": "Most examples sent for review per round (0: all)."})
     seed: int = field(default=42, metadata={"help": "Random seed."})
     workdir: str = field(default="runs/emotion", metadata={"help": "Where models, scores and reports go."})
     # --- argilla ----------------------------------------------------------
@@ -73,6 +81,8 @@ class Config:
             raise CleanloopError(f"method must be 'finetune' or 'features', got {self.method!r}")
         if self.pooling not in ("mean", "cls"):
             raise CleanloopError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
+        if self.flag_source not in ("dynamics", "oof"):
+            raise CleanloopError(f"flag_source must be 'dynamics' or 'oof', got {self.flag_source!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise CleanloopError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 

@@ -1,0 +1,133 @@
+"""Label-quality signals: one pure function per signal, arrays in, arrays out.
+
+Every signal takes ``labels`` (N,) integer given labels and probabilities that
+did not see those labels (out-of-fold), or a per-epoch record of an ordinary
+training run, and returns an (N,) array. Label-quality scores are in [0, 1],
+**lower = more likely mislabelled**; ``suspicion`` is the reverse, higher = more
+likely mislabelled. Inputs are checked once, in :func:`check_inputs`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cleanloop.errors import CleanloopError
+
+QUALITY_METHODS = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
+FILTER_BY = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
+             "low_normalized_margin", "low_self_confidence")
+
+
+def check_inputs(labels: np.ndarray, pred_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate ``labels`` (N,) and ``pred_probs`` (N, C) and return them as arrays.
+
+    Raises CleanloopError when shapes differ, a label is outside 0..C-1, a row
+    does not sum to one, or a class never occurs among the labels.
+    """
+    labels = np.asarray(labels)
+    probs = np.asarray(pred_probs, dtype=np.float64)
+    if probs.ndim != 2 or labels.ndim != 1 or len(labels) != len(probs):
+        raise CleanloopError(
+            f"expected labels of shape (N,) and pred_probs of shape (N, C), got {labels.shape} and {probs.shape}"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise CleanloopError(f"labels must be integers 0..C-1, got dtype {labels.dtype}")
+    num_classes = probs.shape[1]
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        raise CleanloopError(
+            f"row {bad[0]}: label {labels[bad[0]]} is outside 0..{num_classes - 1} (pred_probs has {num_classes} "
+            "columns); fix: score with a model trained on the same label set"
+        )
+    neg = np.flatnonzero(((probs < 0) | (probs > 1)).any(1))
+    if len(neg):
+        raise CleanloopError(
+            f"row {neg[0]}: pred_probs has values outside [0, 1]; fix: pass softmax probabilities, not logits"
+        )
+    sums = probs.sum(1)
+    off = np.flatnonzero(np.abs(sums - 1) > 1e-3)
+    if len(off):
+        raise CleanloopError(
+            f"row {off[0]}: pred_probs sum to {sums[off[0]]:.4f}, not 1; fix: pass softmax probabilities, not logits"
+        )
+    missing = np.setdiff1d(np.arange(num_classes), labels)
+    if len(missing):
+        raise CleanloopError(
+            f"class {missing[0]} never occurs among the given labels; fix: drop it from label_names or add examples"
+        )
+    return labels, probs
+
+
+def label_quality(labels: np.ndarray, pred_probs: np.ndarray, method: str = "self_confidence") -> np.ndarray:
+    """cleanlab's label-quality score (N,) in [0, 1], lower = more likely mislabelled.
+
+    method: ``self_confidence`` (p of the given label), ``normalized_margin``
+    (p given - max p other, rescaled) or ``confidence_weighted_entropy``.
+    """
+    from cleanlab.rank import get_label_quality_scores
+
+    if method not in QUALITY_METHODS:
+        raise CleanloopError(f"unknown label-quality method {method!r}; fix: use one of {', '.join(QUALITY_METHODS)}")
+    labels, probs = check_inputs(labels, pred_probs)
+    return get_label_quality_scores(labels, probs, method=method)
+
+
+def loss(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
+    """Per-sample cross-entropy ``-log p[given label]`` (N,), higher = more likely mislabelled."""
+    from cleanloop.model.score import per_sample_loss
+
+    labels, probs = check_inputs(labels, pred_probs)
+    return per_sample_loss(probs, labels)
+
+
+def find_issues(labels: np.ndarray, pred_probs: np.ndarray, filter_by: str = "prune_by_noise_rate") -> np.ndarray:
+    """cleanlab's confident-learning mask (N,) bool, True = label issue; ``filter_by`` as in cleanlab."""
+    from cleanlab.filter import find_label_issues
+
+    if filter_by not in FILTER_BY:
+        raise CleanloopError(f"unknown filter_by {filter_by!r}; fix: use one of {', '.join(FILTER_BY)}")
+    labels, probs = check_inputs(labels, pred_probs)
+    return find_label_issues(labels, probs, filter_by=filter_by)
+
+
+def dynamics_probs(epoch_probs: np.ndarray) -> np.ndarray:
+    """Average the per-epoch probabilities of a training run: (E, N, C) -> (N, C).
+
+    Each example's probabilities at every epoch end of one ordinary training run
+    (training dynamics). Averaging over epochs keeps the early epochs, before the
+    model starts to memorise wrong labels, in the estimate.
+    """
+    p = np.asarray(epoch_probs, dtype=np.float64)
+    if p.ndim != 3:
+        raise CleanloopError(f"expected per-epoch probabilities of shape (E, N, C), got {p.shape}")
+    mean = p.mean(0)
+    return mean / mean.sum(1, keepdims=True)
+
+
+def area_under_margin(labels: np.ndarray, epoch_probs: np.ndarray) -> np.ndarray:
+    """Mean over epochs of (p given - max p other) (N,) in [-1, 1], lower = more likely mislabelled."""
+    p = np.asarray(epoch_probs, dtype=np.float64)
+    idx = np.arange(p.shape[1])
+    given = p[:, idx, labels]
+    other = p.copy()
+    other[:, idx, labels] = -np.inf
+    return (given - other.max(2)).mean(0)
+
+
+def suspicion(qualities: dict[str, np.ndarray], weights: dict[str, float] | None = None) -> np.ndarray:
+    """Combine label-quality scores into one suspicion score (N,) in [0, 1], higher = more suspicious.
+
+    qualities: name -> (N,) label-quality scores in [0, 1], lower = worse.
+    weights: name -> weight (default equal). The score is ``1 - weighted mean``
+    of the qualities, so it keeps their scale (0.9 means the models give the
+    given label about 10% on average), not just their order.
+    """
+    if not qualities:
+        raise CleanloopError("suspicion needs at least one label-quality signal")
+    weights = weights or {k: 1.0 for k in qualities}
+    missing = set(weights) - set(qualities)
+    if missing:
+        raise CleanloopError(f"weights name signals that were not computed: {sorted(missing)}")
+    total = sum(weights.values())
+    combined = sum(weights[k] * np.clip(np.asarray(qualities[k], dtype=np.float64), 0, 1) for k in weights) / total
+    return 1.0 - combined

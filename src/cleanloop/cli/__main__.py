@@ -1,0 +1,3 @@
+from cleanloop.cli import main
+
+main()

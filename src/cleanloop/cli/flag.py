@@ -1,0 +1,114 @@
+"""``cleanloop flag``: rank every training example by how likely its label is wrong."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+import numpy as np
+
+from cleanloop.cli.options import app, config_options
+from cleanloop.config import Config
+from cleanloop.errors import CleanloopError
+
+log = logging.getLogger("cleanloop")
+
+
+def judging_probs(cfg: Config, train_ds) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Probabilities that judge the train labels, the embeddings if they come for free, and a description."""
+    from cleanloop.loops.oof import oof_finetune, oof_logreg
+    from cleanloop.loops.signals import dynamics_probs
+    from cleanloop.model.train import extract_features, model_dir
+
+    labels = np.asarray(train_ds["label"])
+    names = train_ds.features["label"].names
+    if cfg.flag_source == "dynamics":
+        path = model_dir(cfg.replace(method="finetune")) / "dynamics.npz"
+        if not path.exists():
+            raise CleanloopError(
+                f"no training dynamics at {path}; fix: run 'cleanloop train' first (it records them), "
+                "or use --flag-source oof"
+            )
+        dyn = np.load(path)
+        if list(dyn["ids"]) != list(train_ds["id"]) or not np.array_equal(dyn["labels"], labels):
+            raise CleanloopError(
+                f"{path} was recorded on another version of the train split (ids or labels differ); "
+                "fix: run 'cleanloop train' on this data first"
+            )
+        return dynamics_probs(dyn["probs"]), None, f"training dynamics of {path.parent} ({len(dyn['probs'])} epochs)"
+    cache = cfg.workpath / "cache" / f"oof-{cfg.method}-{cfg.folds}-{_version_key(cfg, train_ds)}.npy"
+    if cache.exists():
+        probs = np.load(cache)
+        feats = extract_features(cfg, train_ds) if cfg.method == "features" else None
+    elif cfg.method == "features":
+        feats = extract_features(cfg, train_ds)
+        probs = oof_logreg(feats, labels, len(names), cfg.folds, cfg.seed)
+    else:
+        feats = None
+        probs = oof_finetune(cfg, train_ds, cfg.folds, progress=log.info)
+    if not cache.exists():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, probs)
+    return probs, feats, f"{cfg.folds}-fold out-of-fold {cfg.method}"
+
+
+def _version_key(cfg: Config, ds) -> str:
+    """A key for this dataset version and these training settings (cache of out-of-fold scores)."""
+    import hashlib
+
+    h = hashlib.sha1(json.dumps({k: v for k, v in cfg.to_dict().items() if k not in ("workdir", "max_review")},
+                                sort_keys=True).encode())
+    for i, label in zip(ds["id"], ds["label"]):
+        h.update(f"{i}\0{label}\0".encode())
+    return h.hexdigest()[:16]
+
+
+@app.command()
+@config_options
+@click.option("--map/--no-map", "with_map", default=True, show_default=True,
+              help="Add the 2-D UMAP of the embeddings to the report.")
+@click.option("--output", "output_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for scores.parquet, review_queue.parquet and the report (default: WORKDIR/flags).")
+def flag(cfg: Config, with_map: bool, output_dir: str | None) -> None:
+    """Flag likely mislabelled training examples: scores.parquet, review_queue.parquet and a report."""
+    from cleanloop.loops.flag import confident_examples, review_queue, scores_table, signal_table
+    from cleanloop.loops.report import write_report
+    from cleanloop.model.data import load_data
+    from cleanloop.model.score import write_parquet_atomic
+
+    dd = load_data(cfg)
+    train = dd["train"]
+    names = train.features["label"].names
+    labels = np.asarray(train["label"])
+    probs, embeddings, source = judging_probs(cfg, train)
+    table = signal_table(labels, probs, cfg.filter_by)
+    scores = scores_table(train["id"], train["text"], labels, probs, names, table)
+    queue = review_queue(scores, cfg.max_review)
+    out = Path(output_dir) if output_dir else cfg.workpath / "flags"
+    write_parquet_atomic(scores, out / "scores.parquet")
+    write_parquet_atomic(queue, out / "review_queue.parquet")
+    confident = confident_examples(scores)
+    write_parquet_atomic(confident, out / "confident_examples.parquet")
+    emb = None
+    if with_map:
+        if embeddings is None:
+            from tqdm.auto import tqdm
+
+            from cleanloop.model.predict import Predictor
+            from cleanloop.model.train import model_dir
+
+            pred = Predictor.load(model_dir(cfg.replace(method="finetune")), max_length=cfg.max_length)
+            with tqdm(total=len(train), desc="embed for the map", unit="ex") as bar:
+                embeddings = pred.predict_arrays(train["text"], cfg.eval_batch_size, bar.update)["embeddings"]
+        order = {i: n for n, i in enumerate(train["id"])}
+        emb = embeddings[[order[i] for i in scores["id"]]]
+    report = write_report(scores, queue, confident, names, out, source, emb, cfg.seed)
+    click.echo(f"signals from {source}")
+    click.echo(f"flagged {int(scores['is_issue'].sum()):,} of {len(scores):,} ({scores['is_issue'].mean():.1%}); "
+               f"review queue {len(queue):,} (max_review {cfg.max_review})")
+    for r in scores.head(5).itertuples():
+        click.echo(f"  #{r.rank} {r.id} given {r.given_label} -> suggested {r.suggested_label} "
+                   f"({r.suggested_score:.2f}): {r.text[:80]}")
+    click.echo(f"scores: {out / 'scores.parquet'}; queue: {out / 'review_queue.parquet'}; report: {report}")

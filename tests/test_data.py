@@ -1,0 +1,124 @@
+import json
+
+import datasets
+import pandas as pd
+import pytest
+
+from cleanloop.config import Config
+from cleanloop.errors import CleanloopError
+from cleanloop.model.data import bundled_emotion_dir, describe, load_data, plot_describe
+
+ROWS = [
+    ("i feel happy today", "joy"),
+    ("this is so sad", "sadness"),
+    ("what a lovely day", "joy"),
+    ("i am crying again", "sadness"),
+]
+
+
+def write_split_files(folder, fmt="csv", rows=ROWS, extra=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(rows, columns=["text", "label"])
+    if extra:
+        for k, v in extra.items():
+            df[k] = v
+    for split in ("train", "validation"):
+        path = folder / f"{split}.{fmt}"
+        if fmt == "csv":
+            df.to_csv(path, index=False)
+        elif fmt == "jsonl":
+            df.to_json(path, orient="records", lines=True)
+        else:
+            df.to_parquet(path)
+    return folder
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_folder_of_split_files_loads_with_ids_and_classlabel(tmp_path, fmt):
+    dd = load_data(Config(dataset=str(write_split_files(tmp_path / "d", fmt))))
+    assert list(dd) == ["train", "validation"]
+    assert dd["train"].column_names == ["id", "text", "label"]
+    assert isinstance(dd["train"].features["label"], datasets.ClassLabel)
+    assert dd["train"].features["label"].names == ["joy", "sadness"]
+    assert dd["train"]["id"] == ["train-00000", "train-00001", "train-00002", "train-00003"]
+    assert dd["validation"]["label"] == [0, 1, 0, 1]
+
+
+def test_single_file_is_the_train_split_and_id_column_is_kept(tmp_path):
+    path = tmp_path / "one.jsonl"
+    path.write_text("\n".join(json.dumps({"uid": f"u{i}", "text": t, "label": l}) for i, (t, l) in enumerate(ROWS)))
+    dd = load_data(Config(dataset=str(path), id_column="uid"))
+    assert list(dd) == ["train"]
+    assert dd["train"]["id"] == ["u0", "u1", "u2", "u3"]
+
+
+def test_save_to_disk_folder_and_integer_labels_with_names(tmp_path):
+    ds = datasets.Dataset.from_dict({"sentence": [t for t, _ in ROWS], "y": [0, 1, 0, 1]})
+    datasets.DatasetDict({"train": ds}).save_to_disk(tmp_path / "saved")
+    dd = load_data(Config(dataset=str(tmp_path / "saved"), text_column="sentence", label_column="y", label_names=["pos", "neg"]))
+    assert dd["train"].features["label"].names == ["pos", "neg"]
+    assert dd["train"]["text"][0] == "i feel happy today"
+
+
+def test_bundled_emotion_matches_the_shared_copy_and_hub_order():
+    dd = load_data(Config())  # the Hub is out of reach here: the bundled copy is used
+    assert {s: len(d) for s, d in dd.items()} == {"train": 16000, "validation": 2000, "test": 2000}
+    assert dd["train"].features["label"].names == ["sadness", "joy", "love", "anger", "fear", "surprise"]
+    assert dd["train"][42]["id"] == "train-00042"
+    assert (bundled_emotion_dir() / "train.parquet").stat().st_size == 991338
+
+
+def test_max_train_samples_is_stratified_and_keeps_ids():
+    dd = load_data(Config(max_train_samples=1600))
+    assert len(dd["train"]) == 1600
+    counts = pd.Series(dd["train"]["label"]).value_counts()
+    assert abs(counts[5] - 57) <= 2  # surprise keeps its 3.6% share
+    assert all(i.startswith("train-") for i in dd["train"]["id"])
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([("fine", "joy"), ("bad", "rage")], r"train.csv: row 1, column 'label': label 'rage' is not one of the 2 labels"),
+        ([("fine", "joy"), ("", "sadness")], r"train.csv: row 1, column 'text': text is empty"),
+        ([("fine", "joy"), (None, "sadness")], r"train.csv: row 1, column 'text': text is empty"),
+    ],
+)
+def test_bad_rows_name_file_row_column_and_fix(tmp_path, rows, message):
+    folder = write_split_files(tmp_path / "d", "csv", rows)
+    with pytest.raises(CleanloopError, match=message) as err:
+        load_data(Config(dataset=str(folder), label_names=["joy", "sadness"]))
+    assert "fix:" in str(err.value)
+
+
+def test_non_string_text_is_rejected(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"text": "ok", "label": "a"}\n{"text": 7, "label": "b"}\n')
+    with pytest.raises(CleanloopError, match=r"row 1, column 'text': text is not a string \(int\)"):
+        load_data(Config(dataset=str(path)))
+
+
+def test_missing_column_lists_the_columns(tmp_path):
+    folder = write_split_files(tmp_path / "d", "csv")
+    with pytest.raises(CleanloopError, match=r"column 'tweet' is missing \(columns: text, label\).*--text-column"):
+        load_data(Config(dataset=str(folder), text_column="tweet"))
+
+
+def test_duplicate_ids_are_rejected(tmp_path):
+    folder = write_split_files(tmp_path / "d", "parquet", extra={"uid": ["a", "b", "a", "c"]})
+    with pytest.raises(CleanloopError, match=r"rows 0 and 2, column 'uid': duplicate id 'a'"):
+        load_data(Config(dataset=str(folder), id_column="uid"))
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(CleanloopError, match="does not exist"):
+        load_data(Config(dataset=str(tmp_path / "nope.csv")))
+
+
+def test_describe_counts_and_plots(tmp_path):
+    dd = load_data(Config(dataset=str(write_split_files(tmp_path / "d", "csv"))))
+    table = describe(dd)
+    joy = table[(table.split == "train") & (table.label == "joy")].iloc[0]
+    assert joy.examples == 2 and joy.share == 0.5 and joy.words_mean == 4.0
+    pngs = plot_describe(dd, tmp_path / "plots")
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)

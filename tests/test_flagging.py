@@ -1,0 +1,103 @@
+"""Flagging on small data the test makes: well-separated classes with known flipped labels."""
+
+import numpy as np
+import pytest
+from cleanlab.filter import find_label_issues
+
+from cleanloop.errors import CleanloopError
+from cleanloop.loops import signals
+from cleanloop.loops.flag import confident_examples, review_queue, scores_table, signal_table
+from cleanloop.loops.oof import oof_logreg
+
+
+def blobs(n_per_class=60, classes=3, flips=9, seed=0):
+    """Gaussian blobs far apart, with ``flips`` labels moved to the next class."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 8, size=(classes, 5))
+    y = np.repeat(np.arange(classes), n_per_class)
+    X = centers[y] + rng.normal(0, 1, size=(len(y), 5))
+    flipped = rng.choice(len(y), size=flips, replace=False)
+    noisy = y.copy()
+    noisy[flipped] = (y[flipped] + 1) % classes
+    return X, y, noisy, flipped
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, y, noisy, flipped = blobs()
+    probs = oof_logreg(X, noisy, 3, k=5, seed=0)
+    return X, y, noisy, flipped, probs
+
+
+def test_flipped_examples_rank_at_the_top(data):
+    X, y, noisy, flipped, probs = data
+    table = signal_table(noisy, probs)
+    ids = [f"ex-{i}" for i in range(len(y))]
+    scores = scores_table(ids, [f"text {i}" for i in ids], noisy, probs, ["a", "b", "c"], table)
+    top = set(scores.head(len(flipped))["id"])
+    assert top == {f"ex-{i}" for i in flipped}
+    assert scores["rank"].tolist() == list(range(1, len(y) + 1))
+    assert scores["suspicion"].between(0, 1).all()
+    # the suggestion is the true class for the flipped ones
+    head = scores.head(len(flipped)).set_index("id")
+    assert all(head.loc[f"ex-{i}", "suggested_label"] == "abc"[y[i]] for i in flipped)
+
+
+def test_is_issue_agrees_with_cleanlab_called_directly(data):
+    _, _, noisy, _, probs = data
+    for filter_by in ("prune_by_noise_rate", "both", "confident_learning"):
+        ours = signal_table(noisy, probs, filter_by=filter_by)["is_issue"].to_numpy()
+        theirs = find_label_issues(noisy, probs, filter_by=filter_by)
+        assert np.array_equal(ours, theirs)
+
+
+def test_review_queue_caps_orders_and_skips_reviewed(data):
+    _, _, noisy, flipped, probs = data
+    ids = [f"ex-{i}" for i in range(len(noisy))]
+    scores = scores_table(ids, ids, noisy, probs, ["a", "b", "c"], signal_table(noisy, probs))
+    first = scores[scores["is_issue"]].iloc[0]["id"]
+    queue = review_queue(scores, max_review=4, reviewed_ids=[first])
+    assert len(queue) == 4 and first not in set(queue["id"])
+    assert queue["rank"].is_monotonic_increasing and queue["is_issue"].all()
+    conf = confident_examples(scores, per_class=2)
+    assert len(conf) == 6 and set(conf["id"]).isdisjoint({f"ex-{i}" for i in flipped})
+
+
+def test_suspicion_beats_chance_and_loss_agrees_with_probs(data):
+    _, _, noisy, flipped, probs = data
+    table = signal_table(noisy, probs)
+    np.testing.assert_allclose(table["loss"], -np.log(probs[np.arange(len(noisy)), noisy]), rtol=1e-6)
+    assert table["suspicion"].to_numpy()[flipped].min() > np.median(table["suspicion"])
+
+
+def test_dynamics_average_and_area_under_margin():
+    epochs = np.array([[[0.6, 0.4], [0.2, 0.8]], [[0.8, 0.2], [0.4, 0.6]]])  # (E=2, N=2, C=2)
+    np.testing.assert_allclose(signals.dynamics_probs(epochs), [[0.7, 0.3], [0.3, 0.7]])
+    aum = signals.area_under_margin(np.array([0, 0]), epochs)
+    np.testing.assert_allclose(aum, [0.4, -0.4])
+
+
+def test_label_never_seen_is_a_clear_error():
+    probs = np.full((4, 3), 1 / 3)
+    with pytest.raises(CleanloopError, match="label 5 is outside 0..2"):
+        signals.check_inputs(np.array([0, 1, 2, 5]), probs)
+    with pytest.raises(CleanloopError, match="class 2 never occurs"):
+        signals.check_inputs(np.array([0, 1, 0, 1]), probs)
+
+
+def test_probabilities_that_do_not_sum_to_one_are_rejected():
+    with pytest.raises(CleanloopError, match=r"row 1: pred_probs sum to 0.8000, not 1; fix: pass softmax"):
+        signals.label_quality(np.array([0, 1]), np.array([[0.9, 0.1], [0.5, 0.3]]))
+    with pytest.raises(CleanloopError, match=r"row 0: pred_probs has values outside \[0, 1\]"):
+        signals.label_quality(np.array([0, 1]), np.array([[2.0, -1.0], [0.5, 0.5]]))
+
+
+def test_more_folds_than_the_smallest_class_is_a_clear_error():
+    X, _, noisy, _ = blobs(n_per_class=4, flips=0)
+    with pytest.raises(CleanloopError, match=r"5 folds but class '0' has only 4 examples; fix: --folds 4"):
+        oof_logreg(X, noisy, 3, k=5)
+
+
+def test_unknown_filter_by_is_rejected():
+    with pytest.raises(CleanloopError, match="unknown filter_by"):
+        signals.find_issues(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]), filter_by="magic")

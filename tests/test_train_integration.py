@@ -1,0 +1,127 @@
+"""Integration: the real packaged MiniLM, trained a few steps on a slice of the emotion data."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from cleanloop.cli import app
+from cleanloop.config import Config
+from cleanloop.model.data import bundled_emotion_dir, load_data
+from cleanloop.model.predict import Predictor
+from cleanloop.model.score import score_frame
+from cleanloop.model.train import ClassifierTrainer, class_weights
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "emotion"
+
+
+@pytest.fixture(scope="module")
+def emotion_slice(tmp_path_factory):
+    """train 192 / validation 64 / test 64 rows of the emotion data, as parquet files."""
+    src = SHARED if SHARED.exists() else bundled_emotion_dir()
+    folder = tmp_path_factory.mktemp("emotion")
+    for split, n in (("train", 192), ("validation", 64), ("test", 64)):
+        # pyarrow keeps the schema's Hugging Face metadata (the ClassLabel names)
+        pq.write_table(pq.read_table(src / f"{split}.parquet").slice(0, n), folder / f"{split}.parquet")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(emotion_slice, tmp_path_factory):
+    cfg = Config(dataset=str(emotion_slice), workdir=str(tmp_path_factory.mktemp("run")), epochs=2,
+                 learning_rate=2e-4, batch_size=32)
+    dd = load_data(cfg)
+    return cfg, dd, ClassifierTrainer(cfg).train(dd)
+
+
+def test_finetune_saves_model_metrics_card_and_dynamics(trained):
+    cfg, dd, result = trained
+    out = result.output_dir
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "metrics.json", "README.md",
+                 "confusion_test.png", "confusion_validation.png", "dynamics.npz"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) >= {"validation", "test", "run"}
+    assert metrics["test"]["examples"] == 64
+    assert len(metrics["test"]["confusion_matrix"]) == 6
+    dyn = np.load(out / "dynamics.npz")
+    assert dyn["probs"].shape == (2, 192, 6)  # one record per epoch
+    assert list(dyn["ids"][:2]) == ["train-00000", "train-00001"]
+    assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in (out / "README.md").read_text()
+    assert not (out.parent / "checkpoints").exists()
+
+
+def test_reloaded_model_scores_like_the_trained_one(trained):
+    cfg, dd, result = trained
+    pred = Predictor.load(result.output_dir)
+    assert pred.label_names == ["sadness", "joy", "love", "anger", "fear", "surprise"]
+    test = dd["test"]
+    df = score_frame(pred, test["id"], test["text"], np.asarray(test["label"]))
+    probs = np.stack(df["probs"])
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert df["id"].tolist() == test["id"]
+    # accuracy in metrics.json came from the same model
+    acc = float((df["predicted_label"] == df["label"]).mean())
+    assert acc == pytest.approx(result.metrics["test"]["accuracy"], abs=1e-9)
+    np.testing.assert_allclose(df["loss"], -np.log(probs[np.arange(64), test["label"]]), rtol=1e-4)
+    assert len(df["embedding"][0]) == 384
+    # batch order does not change the answer (length sorting is undone)
+    one = pred.predict_arrays([test["text"][5]])["probs"][0]
+    np.testing.assert_allclose(one, probs[5], atol=1e-5)
+
+
+def test_training_fits_the_training_labels_more_each_epoch(trained):
+    _, dd, result = trained
+    dyn = np.load(result.output_dir / "dynamics.npz")
+    given = dyn["probs"][:, np.arange(192), dyn["labels"]].astype(float)  # (epochs, N)
+    assert given[1].mean() > given[0].mean() > 1 / 6
+
+
+def test_features_method_reports_dummy_and_predicts(emotion_slice, tmp_path):
+    cfg = Config(dataset=str(emotion_slice), workdir=str(tmp_path), method="features")
+    dd = load_data(cfg)
+    result = ClassifierTrainer(cfg).train(dd)
+    m = result.metrics
+    assert m["test"]["accuracy"] > m["dummy"]["test"]["accuracy"]
+    assert (tmp_path / "cache").exists()  # features cached for the next run
+    pred = Predictor.load(result.output_dir)
+    probs = pred.predict_arrays(dd["test"]["text"][:4])["probs"]
+    assert probs.shape == (4, 6)
+    assert pred.predict(["i am so happy"])[0].label in pred.label_names
+
+
+def test_class_weights_are_inverse_frequency():
+    w = class_weights(np.array([0, 0, 0, 1]), 3)
+    assert w.tolist() == pytest.approx([4 / 9, 4 / 3, 1.0])
+
+
+def test_cli_train_class_weights_then_score(emotion_slice, tmp_path):
+    runner = CliRunner()
+    args = ["--dataset", str(emotion_slice), "--workdir", str(tmp_path), "--max-train-samples", "64"]
+    res = runner.invoke(app, ["train", *args, "--epochs", "1", "--class-weights"])
+    assert res.exit_code == 0, res.output
+    assert "finetune test" in res.output
+    res = runner.invoke(app, ["score", *args, "--split", "validation"])
+    assert res.exit_code == 0, res.output
+    df = pd.read_parquet(tmp_path / "scores" / "validation.parquet")
+    assert list(df.columns) == ["id", "text", "label", "predicted_label", "predicted_score", "loss", "probs", "embedding"]
+    assert len(df) == 64
+
+
+def test_cli_bad_input_is_one_line_without_traceback(tmp_path):
+    bad = tmp_path / "train.csv"
+    bad.write_text("text,label\nhello,joy\n,sadness\n")
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "cleanloop"), "data", "describe", "--dataset", str(bad)],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and "row 1" in lines[-1] and "fix:" in lines[-1]
