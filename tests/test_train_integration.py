@@ -125,3 +125,27 @@ def test_cli_bad_input_is_one_line_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and "row 1" in lines[-1] and "fix:" in lines[-1]
+
+
+def test_cli_flag_from_training_dynamics_writes_scores_queue_and_report(trained):
+    cfg, dd, result = trained
+    runner = CliRunner()
+    res = runner.invoke(app, ["flag", "--dataset", cfg.dataset, "--workdir", cfg.workdir, "--max-review", "10"])
+    assert res.exit_code == 0, res.output
+    out = Path(cfg.workdir) / "flags"
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert {"id", "text", "given_label", "suggested_label", "suggested_score", "label_quality", "loss",
+            "is_issue", "suspicion", "rank"} <= set(scores.columns)
+    assert sorted(scores["id"]) == sorted(dd["train"]["id"]) and scores["rank"].iloc[0] == 1
+    queue = pd.read_parquet(out / "review_queue.parquet")
+    assert len(queue) <= 10 and queue["is_issue"].all()
+    report = (out / "report.md").read_text()
+    assert "Top 20 suspects" in report and (out / "flag_matrix.png").exists() and (out / "embedding_map.png").exists()
+
+
+def test_cli_flag_refuses_dynamics_of_another_train_set(trained, tmp_path):
+    cfg, _, _ = trained
+    res = CliRunner().invoke(app, ["flag", "--dataset", cfg.dataset, "--workdir", cfg.workdir,
+                                   "--max-train-samples", "100", "--no-map"])
+    assert res.exit_code != 0
+    assert "another version of the train split" in str(res.exception)

@@ -1,0 +1,153 @@
+"""The Argilla server process that ``cleanloop argilla up`` starts (``python -m cleanloop.labeling._serve``).
+
+It prepares the database and then serves, in one process so ``argilla_server`` is
+imported once: migrate to the newest schema (alembic, from Python: the server's own
+typer CLI does not run with this click), create the workspace and the users given
+in ``--users`` (credentials from the environment or ``credentials.json``, through the
+server's own user-creation code), bring the search index in line with the database
+(re-index a dataset whose counts differ, e.g. after the index file was lost), then run
+uvicorn on 127.0.0.1. The ``ARGILLA_*`` environment is set by :func:`cleanloop.labeling.server.up`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger("cleanloop.argilla.serve")
+
+
+def migrate() -> None:
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+    from argilla_server.database import ALEMBIC_CONFIG_FILE
+
+    command.upgrade(AlembicConfig(ALEMBIC_CONFIG_FILE), "head")
+
+
+def _secrets(username: str) -> tuple[str, str]:
+    def env(what: str) -> str | None:
+        import re
+
+        return os.environ.get(f"CLEANLOOP_ARGILLA_{re.sub(r'[^A-Za-z0-9]', '_', username).upper()}_{what}")
+
+    stored = {}
+    path = Path(os.environ["ARGILLA_HOME_PATH"]) / "credentials.json"
+    if path.exists():
+        stored = json.loads(path.read_text()).get(username, {})
+    return env("PASSWORD") or stored["password"], env("API_KEY") or stored["api_key"]
+
+
+async def ensure_users(workspace: str, users: list[tuple[str, str]]) -> None:
+    from argilla_server.api.schemas.v1.users import UserCreate
+    from argilla_server.contexts import accounts
+    from argilla_server.database import AsyncSessionLocal
+    from argilla_server.models import Workspace, WorkspaceUser
+
+    async with AsyncSessionLocal() as db:
+        ws = await Workspace.get_by(db, name=workspace)
+        if ws is None:
+            ws = await accounts.create_workspace(db, {"name": workspace})
+            log.info("created workspace %r", workspace)
+        for username, role in users:
+            user = await accounts.get_user_by_username(db, username)
+            if user is None:
+                password, api_key = _secrets(username)
+                attrs = UserCreate(first_name=username, username=username, role=role, password=password)
+                user = await accounts.create_user(db, attrs.model_dump(), workspaces=[workspace])
+                await user.update(db, api_key=api_key)
+                log.info("created %s %r", role, username)
+            elif await WorkspaceUser.get_by(db, workspace_id=ws.id, user_id=user.id) is None:
+                await accounts.create_workspace_user(db, {"workspace_id": ws.id, "user_id": user.id})
+
+
+async def sync_index() -> list[str]:
+    """Re-index every dataset whose records or responses differ in count between database and index."""
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import selectinload
+
+    from argilla_server.cli.search_engine.reindex import Reindexer
+    from argilla_server.database import AsyncSessionLocal
+    from argilla_server.enums import DatasetStatus
+    from argilla_server.models import Dataset, Record, Response
+    from argilla_server.search_engine import SearchEngine
+
+    reindexed = []
+    async with AsyncSessionLocal() as db, SearchEngine.get_by_name("sqlite") as engine:
+        conn = engine.conn
+        rows = (await db.execute(select(Dataset.id, Dataset.status))).all()
+        known = {str(ds_id) for ds_id, _ in rows}
+        for (stale,) in conn.execute("SELECT id FROM datasets").fetchall():
+            if stale not in known:
+                await engine.delete_index(Dataset(id=stale))
+        for ds_id, ds_status in rows:
+            if ds_status != DatasetStatus.ready:
+                continue
+            n_records = (await db.execute(select(func.count(Record.id)).filter_by(dataset_id=ds_id))).scalar_one()
+            n_responses = (
+                await db.execute(select(func.count(Response.id)).join(Record).filter(Record.dataset_id == ds_id))
+            ).scalar_one()
+            idx_records, idx_responses = conn.execute(
+                "SELECT (SELECT COUNT(*) FROM records WHERE dataset_id = ?),"
+                " (SELECT COUNT(*) FROM responses x JOIN records r ON r.rid = x.rid WHERE r.dataset_id = ?)",
+                (str(ds_id),) * 2,
+            ).fetchone()
+            has_index = conn.execute("SELECT 1 FROM datasets WHERE id = ?", (str(ds_id),)).fetchone()
+            if has_index and (n_records, n_responses) == (idx_records, idx_responses):
+                continue
+            await Reindexer.reindex_dataset(db, engine, ds_id)  # delete and re-create the index
+            dataset = (
+                await db.execute(
+                    select(Dataset).filter_by(id=ds_id).options(
+                        selectinload(Dataset.fields), selectinload(Dataset.questions),
+                        selectinload(Dataset.metadata_properties), selectinload(Dataset.vectors_settings),
+                    )
+                )
+            ).scalar_one()
+            async for _ in Reindexer.reindex_dataset_records(db, engine, dataset):
+                pass
+            reindexed.append(dataset.name)
+            log.warning("re-indexed dataset %r: the search index was out of date", dataset.name)
+    return reindexed
+
+
+async def _prepare(workspace: str, users: list[tuple[str, str]]) -> None:
+    from argilla_server.database import async_engine
+
+    try:
+        await ensure_users(workspace, users)
+        await sync_index()
+    finally:
+        await async_engine.dispose()  # its connections belong to this event loop, not uvicorn's
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workspace", required=True)
+    parser.add_argument("--users", required=True, help="username:role,...")
+    args = parser.parse_args()
+    users = [tuple(item.split(":", 1)) for item in args.users.split(",") if item]
+
+    from cleanloop.labeling import search_engine  # noqa: F401  (registers the "sqlite" engine)
+
+    migrate()
+    # alembic's fileConfig replaced the logging set-up: configure ours after it
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
+    for name in list(logging.root.manager.loggerDict):  # fileConfig disabled the loggers that existed
+        if name.startswith("cleanloop"):
+            logging.getLogger(name).disabled = False
+    asyncio.run(_prepare(args.workspace, users))
+
+    import uvicorn
+
+    uvicorn.run("cleanloop.labeling._app:app", host="127.0.0.1", port=args.port, log_level="warning",
+                access_log=False, lifespan="on")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""``cleanloop argilla up | down | status``: the embedded Argilla server for reviewing flagged examples."""
+
+from __future__ import annotations
+
+import click
+
+from cleanloop.cli.options import app, config_options
+from cleanloop.config import Config
+
+_HOME_HELP = "Argilla home: database, search index, credentials, logs (default: WORKDIR/argilla)."
+
+
+def _home_option(func):
+    return click.option(
+        "--home", type=click.Path(file_okay=False), default=None, envvar="CLEANLOOP_ARGILLA_HOME", help=_HOME_HELP
+    )(func)
+
+
+def _echo_processes(st) -> None:
+    for name, pid in st.processes.items():
+        click.echo(f"  {name:<7} {'pid ' + str(pid) if pid else 'not running'}")
+
+
+@app.group()
+def argilla() -> None:
+    """Run Argilla (the annotation server) here, without Docker: up, down, status."""
+
+
+@argilla.command("up")
+@config_options
+@_home_option
+@click.option("--timeout", type=float, default=180.0, show_default=True, help="Seconds to wait for a healthy server.")
+def argilla_up(cfg: Config, home: str | None, timeout: float) -> None:
+    """Start Redis, the Argilla server and its worker on 127.0.0.1 and wait until healthy (a no-op if running)."""
+    from cleanloop.labeling.server import credentials, mask, up
+
+    st = up(cfg, home, timeout=timeout)
+    if st.started:
+        click.echo(f"Argilla is up at {st.url} ({st.seconds:.1f} s); home {st.home}")
+    else:
+        click.echo(f"Argilla already runs at {st.url}; home {st.home}")
+    _echo_processes(st)
+    users = credentials(cfg, st.home)
+    click.echo(f"users (workspace '{cfg.argilla_workspace}'); passwords and API keys in {st.credentials_file}:")
+    for c in users.values():
+        click.echo(f"  {c.username:<12} {c.role:<10} api key {mask(c.api_key)}  [{c.source}]")
+
+
+@argilla.command("down")
+@config_options
+@_home_option
+def argilla_down(cfg: Config, home: str | None) -> None:
+    """Stop what 'argilla up' started for this home; the data stays."""
+    from cleanloop.labeling.server import default_home, down
+
+    stopped = down(cfg, home)
+    where = home or default_home(cfg)
+    click.echo(f"stopped {', '.join(stopped)} ({where})" if stopped else f"nothing was running for {where}")
+
+
+@argilla.command("status")
+@config_options
+@_home_option
+def argilla_status(cfg: Config, home: str | None) -> None:
+    """Say whether the embedded Argilla runs for this home, and where."""
+    from cleanloop.labeling.server import status
+
+    st = status(cfg, home)
+    state = "running" if st.running else ("partly running" if any(st.processes.values()) else "not running")
+    click.echo(f"Argilla {state} at {st.url}; API {'healthy' if st.healthy else 'not answering'}; home {st.home}")
+    _echo_processes(st)

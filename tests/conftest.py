@@ -1,0 +1,69 @@
+"""Shared fixtures.
+
+``argilla_server``: ONE real embedded Argilla stack (Redis, argilla-server with the
+SQLite search engine, rq worker) per test session, on a free port in a temporary
+home, started on first use and stopped at the end of the session.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ArgillaServer:
+    """The running test server: its config, home, URL and users' credentials."""
+
+    cfg: object  # cleanloop.config.Config
+    home: Path
+    url: str
+    owner_key: str
+    annotator: str
+    annotator_password: str
+    annotator_key: str
+
+    def client(self, api_key: str | None = None):
+        """An ``argilla.Argilla`` SDK client (the owner's unless ``api_key`` is given)."""
+        import argilla as rg
+
+        return rg.Argilla(api_url=self.url, api_key=api_key or self.owner_key, timeout=60)
+
+    def http(self, api_key: str | None = None):
+        """An ``httpx.Client`` on the REST API, as the annotator unless ``api_key`` is given."""
+        import httpx
+
+        return httpx.Client(base_url=self.url, headers={"X-Argilla-Api-Key": api_key or self.annotator_key}, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def argilla_server(tmp_path_factory):
+    from cleanloop.config import Config
+    from cleanloop.labeling.server import credentials, down, up
+
+    workdir = tmp_path_factory.mktemp("argilla-run")
+    cfg = Config(
+        workdir=str(workdir),
+        argilla_url=f"http://127.0.0.1:{free_port()}",
+        argilla_workspace="cleanloop",
+        argilla_annotators=["annotator"],
+    )
+    home = workdir / "argilla"
+    st = up(cfg, home, timeout=240)
+    try:
+        creds = credentials(cfg, home)
+        yield ArgillaServer(
+            cfg=cfg, home=home, url=st.url, owner_key=creds["owner"].api_key, annotator="annotator",
+            annotator_password=creds["annotator"].password, annotator_key=creds["annotator"].api_key,
+        )
+    finally:
+        down(cfg, home)
