@@ -81,6 +81,7 @@ def evaluate_path(noisy: np.ndarray, probs: np.ndarray, is_error: np.ndarray, se
         "seconds": round(seconds, 1),
     }
     scores = {m: 1 - table[m].to_numpy() for m in signals.QUALITY_METHODS}
+    scores["noise_aware"] = 1 - table["noise_aware"].to_numpy()
     scores["loss"] = table["loss"].to_numpy()
     scores["suspicion"] = table["suspicion"].to_numpy()
     if epoch_probs is not None:
@@ -101,6 +102,8 @@ def main() -> None:
     ap.add_argument("--learning-rate", type=float, default=1e-4)
     ap.add_argument("--workdir", default=str(Path(__file__).resolve().parent / "out" / "noise"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reuse", action="store_true",
+                    help="re-score the dynamics of an earlier training run of a setting instead of training again")
     args = ap.parse_args()
 
     base = Config(workdir=args.workdir, epochs=args.epochs, learning_rate=args.learning_rate)
@@ -108,8 +111,9 @@ def main() -> None:
     names = dd["train"].features["label"].names
     clean = np.asarray(dd["train"]["label"])
     t0 = time.perf_counter()
-    feats = extract_features(base, dd["train"])
+    feats = extract_features(base, dd["train"])  # cached in WORKDIR/cache after the first run
     embed_seconds = time.perf_counter() - t0
+    print(f"features of {len(feats):,} tweets in {embed_seconds:.1f} s")
     results: dict = {}
     for setting in args.settings.split(","):
         noisy = inject_noise(clean, names, setting, args.seed)
@@ -121,22 +125,28 @@ def main() -> None:
         if setting in args.dynamics_settings.split(","):
             noisy_dd = datasets.DatasetDict({**dd, "train": _with_labels(dd["train"], noisy)})
             cfg = base.replace(workdir=f"{args.workdir}/{setting}")
-            result = ClassifierTrainer(cfg).train(noisy_dd)
-            run = json.loads((result.output_dir / "metrics.json").read_text())["run"]
-            epoch_probs = np.load(result.output_dir / "dynamics.npz")["probs"].astype(np.float64)
+            out = Path(cfg.workdir) / "model"
+            if args.reuse and (out / "dynamics.npz").exists():  # re-score an earlier run of the same setting
+                metrics = json.loads((out / "metrics.json").read_text())
+            else:
+                metrics = json.loads((ClassifierTrainer(cfg).train(noisy_dd).output_dir / "metrics.json").read_text())
+            run = metrics["run"]
+            epoch_probs = np.load(out / "dynamics.npz")["probs"].astype(np.float64)
             probs = signals.dynamics_probs(epoch_probs)
             # what flagging costs on top of a training run without the per-epoch record
             plain = run["train_seconds"] - run["dynamics_seconds"]
-            fq = signals.label_quality(noisy, feat_probs, "normalized_margin")
-            dq = signals.label_quality(noisy, probs, "normalized_margin")
+            last = signal_table(noisy, signals.dynamics_probs(epoch_probs[-1:]))["suspicion"].to_numpy()
+            feature_quality = signals.label_quality(noisy, feat_probs, "normalized_margin")
             res["dynamics"] = evaluate_path(
                 noisy, probs, is_error, run["dynamics_seconds"], epoch_probs,
-                extra={"suspicion_plus_features": 1 - (2 * dq + fq) / 3},
+                extra={"last_epoch_suspicion": last,
+                       "suspicion_and_features": (2 * signal_table(noisy, probs)["suspicion"].to_numpy()
+                                                  + 1 - feature_quality) / 3},
             )
-            res["dynamics"]["_run"] = {
+            res["dynamics_run"] = {
                 "train_seconds": run["train_seconds"], "dynamics_seconds": run["dynamics_seconds"],
                 "cpu_time_ratio_vs_plain_training": round(run["train_seconds"] / plain, 3),
-                "test_accuracy": result.metrics["test"]["accuracy"], "test_macro_f1": result.metrics["test"]["macro_f1"],
+                "test_accuracy": metrics["test"]["accuracy"], "test_macro_f1": metrics["test"]["macro_f1"],
                 "epochs": args.epochs,
             }
         if setting in args.finetune_settings.split(","):
@@ -145,8 +155,9 @@ def main() -> None:
                                  _with_labels(dd["train"], noisy), args.folds)
             res["finetune"] = evaluate_path(noisy, probs, is_error, time.perf_counter() - t0)
         results[setting] = res
-        update_results("noise", {"settings": {setting: res}, "injected": {setting: int(is_error.sum())}})
-        for method, sig in res.items():
+        update_results("noise", {"settings": {setting: res}, "injected": {setting: int(is_error.sum())},
+                                 "features_embed_seconds": round(embed_seconds, 1)})
+        for method, sig in ((m, v) for m, v in res.items() if "suspicion" in v):
             s = sig["suspicion"]
             print(f"{setting:<22}{method:<10} suspicion AP {s['ap']:.3f} P@k {s['precision_at_k']:.3f} "
                   f"flagged {s['flagged']} (precision {s['flag_precision']:.3f}, recall {s['flag_recall']:.3f}) "

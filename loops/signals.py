@@ -72,6 +72,26 @@ def label_quality(labels: np.ndarray, pred_probs: np.ndarray, method: str = "sel
     return get_label_quality_scores(labels, probs, method=method)
 
 
+def noise_aware_quality(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
+    """Posterior that the given label is the true one, given the estimated label noise (N,), lower = worse.
+
+    cleanlab's confident joint estimates ``T[i, j] = P(given = i | true = j)``; with
+    ``pred_probs`` as ``P(true | x)``, Bayes gives
+    ``P(true = given | x, given) = T[g, g] p_g / sum_j T[g, j] p_j``.
+    A "love" tweet the model calls "joy" scores low when joy is often labelled love
+    in this data, but stays high when the model's other guess is a class that is
+    never confused with love: the model is then more likely wrong than the label.
+    """
+    from cleanlab.count import estimate_joint
+
+    labels, probs = check_inputs(labels, pred_probs)
+    joint = estimate_joint(labels, probs)  # (C, C): P(given = i, true = j)
+    noise = joint / np.clip(joint.sum(0, keepdims=True), 1e-12, None)
+    t = noise[labels]  # (N, C): P(given label | true = j)
+    idx = np.arange(len(labels))
+    return t[idx, labels] * probs[idx, labels] / np.clip((t * probs).sum(1), 1e-12, None)
+
+
 def loss(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
     """Per-sample cross-entropy ``-log p[given label]`` (N,), higher = more likely mislabelled."""
     from cleanloop.model.score import per_sample_loss

@@ -1,0 +1,473 @@
+"""The review loop: train -> flag -> push -> wait for reviews -> pull -> apply, round after round, then retrain.
+
+Everything lives under ``WORKDIR``::
+
+    journal.sqlite            the corrections journal (labeling/journal.py)
+    versions/round-NNN/       the data after round NNN (round-000: the original), save_to_disk
+    loop/state.json           the checkpoint: round, steps done, per-round results (temp + rename)
+    loop/round-NNN/           that round's model (trained on version NNN-1) and flags
+    loop/final/               the model trained on the last version
+    loop/history.json, loop/report.md, loop/history.png
+
+Each step is recorded in ``state.json`` only after it finished, and every step can run again
+without harm (training writes to a temp folder; push updates records by id; pull skips answers
+the journal has; apply rebuilds the version from the original data + journal). So a crash or
+Ctrl-C at any point resumes at the step that did not finish, with nothing lost or done twice.
+
+Round statistics (reviewed, changed, removed, agreement) are read from the journal's decisions
+of that round, not from what one pull call returned: a pull repeated after a crash adds nothing
+and the counts stay right.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cleanloop.config import Config
+from cleanloop.errors import CleanloopError
+from cleanloop.labeling.journal import Journal, Vote
+
+log = logging.getLogger("cleanloop.loop")
+
+STEPS = ("train", "flag", "push", "wait", "pull", "apply")
+JOURNAL_FILE = "journal.sqlite"
+
+
+@dataclass
+class LoopOptions:
+    """How the loop runs: rounds, review size, how long to wait for annotators."""
+
+    rounds: int = 1
+    max_review: int | None = None  # None: cfg.max_review
+    min_reviewed: int = 0  # 0: every record pushed this round
+    review_timeout: float = 3600.0  # seconds; after it, go on with the answers there are
+    poll_seconds: float = 5.0
+    interactive: bool = True  # a live progress bar; False: one log line per change (CI)
+    webhooks: bool = False  # also be woken by Argilla's webhooks (server on the same machine)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise CleanloopError(f"rounds must be at least 1, got {self.rounds}")
+        if self.min_reviewed < 0 or self.review_timeout < 0 or self.poll_seconds <= 0:
+            raise CleanloopError(
+                f"min_reviewed and review_timeout must be >= 0 and poll_seconds > 0, got "
+                f"{self.min_reviewed}, {self.review_timeout}, {self.poll_seconds}"
+            )
+
+
+# --- paths --------------------------------------------------------------------------------------------
+
+
+def journal_path(cfg: Config) -> Path:
+    return cfg.workpath / JOURNAL_FILE
+
+
+def versions_root(cfg: Config) -> Path:
+    return cfg.workpath / "versions"
+
+
+def loop_root(cfg: Config) -> Path:
+    return cfg.workpath / "loop"
+
+
+def reviewed_ids(cfg: Config) -> set[str]:
+    """Examples the journal has a decision on (empty when there is no journal yet)."""
+    path = journal_path(cfg)
+    if not path.exists():
+        return set()
+    with Journal(path) as j:
+        return j.reviewed_ids()
+
+
+def round_config(cfg: Config, rnd: int | str) -> Config:
+    """The config of one round's training: its own folder; frozen features flag out-of-fold."""
+    name = rnd if isinstance(rnd, str) else f"round-{rnd:03d}"
+    flag_source = "oof" if cfg.method == "features" else cfg.flag_source
+    return cfg.replace(workdir=str(loop_root(cfg) / name), flag_source=flag_source)
+
+
+def _share_cache(cfg: Config, rcfg: Config) -> None:
+    """Let every round use WORKDIR/cache (feature and out-of-fold caches are keyed by content)."""
+    link, target = rcfg.workpath / "cache", (cfg.workpath / "cache").absolute()
+    target.mkdir(parents=True, exist_ok=True)
+    if not link.exists() and not link.is_symlink():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(target, target_is_directory=True)
+
+
+# --- the state file -------------------------------------------------------------------------------------
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class LoopState:
+    """What is done: the current round, the steps of it that finished, and every round's results."""
+
+    round: int = 1
+    done: list[str] = field(default_factory=list)
+    rounds: dict[str, dict] = field(default_factory=dict)
+    final: dict = field(default_factory=dict)
+    finished: bool = False
+
+    @classmethod
+    def load(cls, path: Path) -> "LoopState":
+        if not path.exists():
+            return cls()
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise CleanloopError(f"{path} is not a loop state file ({exc}); fix: move it away to start over") from None
+
+    def save(self, path: Path) -> None:
+        _write_json_atomic(path, asdict(self))
+
+    def result(self, rnd: int) -> dict:
+        return self.rounds.setdefault(str(rnd), {"round": rnd})
+
+
+# --- the steps, each usable on its own ------------------------------------------------------------------
+
+
+def metrics_summary(metrics: dict) -> dict:
+    out = {}
+    for split in ("validation", "test"):
+        if split in metrics:
+            out[f"{'val' if split == 'validation' else split}_accuracy"] = metrics[split]["accuracy"]
+            out[f"{'val' if split == 'validation' else split}_macro_f1"] = metrics[split]["macro_f1"]
+    return out
+
+
+def train_step(rcfg: Config, train_dd) -> dict:
+    """Train on ``train_dd`` into the round's model folder; returns val/test accuracy and macro F1."""
+    from cleanloop.model.train import ClassifierTrainer
+
+    result = ClassifierTrainer(rcfg).train(train_dd)
+    return {"train_examples": len(train_dd["train"]), **metrics_summary(result.metrics)}
+
+
+@dataclass
+class FlagResult:
+    scores: object  # pandas DataFrame (scores.parquet)
+    queue: object  # pandas DataFrame (review_queue.parquet)
+    embeddings: np.ndarray | None  # (len(queue), D)
+
+
+def flag_step(rcfg: Config, train_ds, max_review: int, skip_ids: set[str]) -> FlagResult:
+    """Score the train split, build the review queue without ``skip_ids``, embed the queue's texts."""
+    from cleanloop.cli.flag import judging_probs
+    from cleanloop.loops.flag import review_queue, scores_table, signal_table
+    from cleanloop.model.score import write_parquet_atomic
+
+    names = train_ds.features["label"].names
+    labels = np.asarray(train_ds["label"])
+    probs, feats, _ = judging_probs(rcfg, train_ds)
+    scores = scores_table(list(train_ds["id"]), list(train_ds["text"]), labels, probs, names,
+                          signal_table(labels, probs, rcfg.filter_by))
+    queue = review_queue(scores, max_review, skip_ids)
+    out = rcfg.workpath / "flags"
+    write_parquet_atomic(scores, out / "scores.parquet")
+    write_parquet_atomic(queue, out / "review_queue.parquet")
+    emb = embed_queue(rcfg, train_ds, queue, feats)
+    if emb is not None:
+        np.save(out / "queue_embeddings.npy", emb)
+    return FlagResult(scores, queue, emb)
+
+
+def embed_queue(cfg: Config, train_ds, queue, feats: np.ndarray | None = None) -> np.ndarray | None:
+    """Embeddings (len(queue), D) of the queue's texts: frozen features if at hand, else the model's."""
+    if len(queue) == 0:
+        return None
+    if feats is not None:
+        order = {i: n for n, i in enumerate(train_ds["id"])}
+        return np.asarray(feats)[[order[i] for i in queue["id"]]].astype(np.float32)
+    from cleanloop.model.predict import Predictor
+    from cleanloop.model.train import model_dir
+
+    folder = model_dir(cfg)
+    if not folder.exists():
+        return None
+    pred = Predictor.load(folder, max_length=cfg.max_length)
+    return pred.predict_arrays(list(queue["text"]), cfg.eval_batch_size)["embeddings"].astype(np.float32)
+
+
+def agent_name(cfg: Config, rnd: int) -> str:
+    from cleanloop import __version__
+    from cleanloop.model.infer import resolve_model_name
+
+    return f"cleanloop-{__version__}/{cfg.method}/{Path(resolve_model_name(cfg.base_model)).name}/round-{rnd}"
+
+
+def push_step(client, cfg: Config, queue, embeddings, label_names: list[str], rnd: int, skip_ids: set[str]) -> list[str]:
+    """Push the queue to the review dataset (created if needed); returns the ids pushed."""
+    from cleanloop.labeling import argilla_io as aio
+
+    if len(queue) == 0:
+        return []
+    dim = int(embeddings.shape[1]) if embeddings is not None else None
+    dataset = aio.ensure_dataset(client, cfg, label_names, dim)
+    records = aio.records_from_queue(queue, rnd, agent_name(cfg, rnd), embeddings)
+    return aio.push(client, dataset, records, skip_ids)
+
+
+def pull_step(client, cfg: Config, journal: Journal, original_train, rnd: int):
+    """Read every answer, append what is new to the journal (one transaction). Returns the PullResult."""
+    from cleanloop.labeling import argilla_io as aio
+
+    dataset = aio.get_dataset(client, cfg)
+    if dataset is None:
+        raise CleanloopError(
+            f"no Argilla dataset {cfg.argilla_dataset!r} in workspace {cfg.argilla_workspace!r}; fix: push first"
+        )
+    names = original_train.features["label"].names
+    old = {i: names[lbl] for i, lbl in zip(original_train["id"], original_train["label"])}
+    responses = aio.pull(client, dataset)
+    unknown = sorted({r.example_id for r in responses if r.example_id not in old})
+    if unknown:
+        log.warning("%d answered records are not in this data's train split (e.g. %s): left out",
+                    len(unknown), unknown[0])
+    responses = [r for r in responses if r.example_id in old]
+    probs = {r.example_id: aio.suggestion_probs(r.suggestion, names) for r in responses
+             if r.suggestion is not None and r.suggestion.label in names}
+    votes = [Vote(r.example_id, r.annotator, r.label, r.status) for r in responses]
+    return journal.record_pull(votes, old, rnd, label_names=names, pred_probs=probs)
+
+
+def round_stats(journal: Journal, rnd: int) -> dict:
+    """Reviewed, changed, removed, open and mean agreement of the decisions made in round ``rnd``."""
+    latest = {}
+    for d in journal.history():
+        if d.round == rnd:
+            latest[d.example_id] = d
+    decided = [d for d in latest.values() if d.action != "open"]
+    return {
+        "reviewed": len(decided),
+        "changed": sum(d.action == "corrected" for d in decided),
+        "removed": sum(d.action == "removed" for d in decided),
+        "confirmed": sum(d.action == "confirmed" for d in decided),
+        "open": sum(d.action == "open" for d in latest.values()),
+        "agreement": float(np.mean([d.agreement for d in decided])) if decided else None,
+    }
+
+
+def wait_for_reviews(client, cfg: Config, ids: list[str], min_reviewed: int, timeout: float, poll: float,
+                     display: Callable[[int, int], None] | None = None, wake=None) -> int:
+    """Poll until ``min_reviewed`` of ``ids`` (0: all) have an answer, or ``timeout`` seconds pass.
+
+    display(done, target) is called after every poll. wake: a ``threading.Event`` set by
+    webhooks (:class:`argilla_io.ReviewWaker`): a set event ends the pause between polls early.
+    Returns how many were answered.
+    """
+    from cleanloop.labeling import argilla_io as aio
+
+    if not ids:
+        return 0
+    target = min(min_reviewed or len(ids), len(ids))
+    dataset = aio.get_dataset(client, cfg)
+    start = time.monotonic()
+    while True:
+        done, _ = aio.progress(client, dataset, ids)
+        if display:
+            display(done, target)
+        if done >= target:
+            return done
+        if time.monotonic() - start >= timeout:
+            log.info("review timeout (%.0f s): going on with %d of %d answered", timeout, done, target)
+            return done
+        pause = min(poll, max(0.0, timeout - (time.monotonic() - start)))
+        if wake is not None:
+            wake.wait(pause)
+            wake.clear()
+        else:
+            time.sleep(pause)
+
+
+# --- the loop ---------------------------------------------------------------------------------------------
+
+
+def _version(original, journal: Journal, cfg: Config, rnd: int):
+    """Version ``rnd`` from disk (written by round ``rnd``'s apply; round 0 = original)."""
+    from cleanloop.loops.versions import load_version, version_dir, write_version
+
+    path = version_dir(versions_root(cfg), rnd)
+    if not path.exists():
+        if rnd != 0:
+            raise CleanloopError(f"{path} is missing, but the loop state says round {rnd} was applied; "
+                                 f"fix: rebuild it with 'cleanloop pull --round {rnd}'")
+        write_version(original, journal, versions_root(cfg), 0, upto_seq=0)
+    return load_version(path)[0]
+
+
+def run_loop(cfg: Config, opts: LoopOptions, *, client=None, home: str | Path | None = None,
+             display: Callable[[int, int], None] | None = None,
+             on_step: Callable[[int, str, dict], None] | None = None) -> LoopState:
+    """Run (or resume) the loop until ``opts.rounds`` rounds are applied and the final model is trained.
+
+    client: an ``argilla.Argilla`` (default: :func:`argilla_io.connect` on ``cfg``, key from
+    ARGILLA_API_KEY or the embedded server's credentials in ``home``). on_step(round, step, result)
+    is called after each step is checkpointed.
+    """
+    from cleanloop.labeling import argilla_io as aio
+    from cleanloop.loops.versions import training_view, write_version
+    from cleanloop.model.data import load_data
+
+    root = loop_root(cfg)
+    state_file = root / "state.json"
+    state = LoopState.load(state_file)
+    max_review = cfg.max_review if opts.max_review is None else opts.max_review
+    original = load_data(cfg)
+    names = original["train"].features["label"].names
+    journal = Journal(journal_path(cfg))
+    try:
+        def connected():
+            nonlocal client
+            if client is None:
+                client = aio.connect(cfg, home)
+            return client
+
+        def checkpoint(rnd, step, result):
+            state.done.append(step)
+            state.save(state_file)
+            log.info("round %s: %s done", rnd, step)
+            if on_step:
+                on_step(rnd, step, result)
+
+        while state.round <= opts.rounds:
+            rnd = state.round
+            if state.finished:  # run again with more --rounds: new rounds, then a new final model
+                state.finished, state.final = False, {}
+            rcfg = round_config(cfg, rnd)
+            _share_cache(cfg, rcfg)
+            res = state.result(rnd)
+            train_dd = training_view(_version(original, journal, cfg, rnd - 1))
+            for step in STEPS:
+                if step in state.done:
+                    continue
+                t0 = time.perf_counter()
+                if step == "train":
+                    res.update(train_step(rcfg, train_dd))
+                elif step == "flag":
+                    fr = flag_step(rcfg, train_dd["train"], max_review, journal.reviewed_ids())
+                    res.update(flagged=int(fr.scores["is_issue"].sum()), queued=len(fr.queue))
+                elif step == "push":
+                    import pandas as pd
+
+                    flags = rcfg.workpath / "flags"
+                    queue = pd.read_parquet(flags / "review_queue.parquet")
+                    emb_file = flags / "queue_embeddings.npy"
+                    emb = np.load(emb_file) if emb_file.exists() and len(queue) else None
+                    res["pushed_ids"] = push_step(connected(), cfg, queue, emb, names, rnd, journal.reviewed_ids())
+                    res["pushed"] = len(res["pushed_ids"])
+                elif step == "wait":
+                    waker = aio.ReviewWaker(connected()).start() if opts.webhooks and res.get("pushed_ids") else None
+                    try:
+                        res["answered"] = wait_for_reviews(
+                            connected(), cfg, res.get("pushed_ids", []), opts.min_reviewed, opts.review_timeout,
+                            opts.poll_seconds, display, waker.event if waker else None)
+                    finally:
+                        if waker:
+                            waker.stop()
+                elif step == "pull":
+                    pulled = pull_step(connected(), cfg, journal, original["train"], rnd)
+                    res["new_votes_last_pull"] = pulled.new_votes
+                    res.update(round_stats(journal, rnd))
+                elif step == "apply":
+                    path = write_version(original, journal, versions_root(cfg), rnd)
+                    res["version"] = str(path)
+                    res.update(round_stats(journal, rnd))
+                res.setdefault("step_seconds", {})[step] = round(time.perf_counter() - t0, 2)
+                checkpoint(rnd, step, res)
+            state.round, state.done = rnd + 1, []
+            state.save(state_file)
+        if not state.finished:
+            t0 = time.perf_counter()
+            fcfg = round_config(cfg, "final")
+            _share_cache(cfg, fcfg)
+            state.final = {"round": "final", **train_step(fcfg, training_view(_version(original, journal, cfg, opts.rounds)))}
+            state.final["step_seconds"] = {"train": round(time.perf_counter() - t0, 2)}
+            state.finished = True
+            state.save(state_file)
+            if on_step:
+                on_step(opts.rounds + 1, "final", state.final)
+        write_history(cfg, state)
+        return state
+    finally:
+        journal.close()
+
+
+# --- history and report -------------------------------------------------------------------------------------
+
+
+HISTORY_KEYS = ("round", "train_examples", "flagged", "pushed", "reviewed", "changed", "removed", "agreement",
+                "val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1")
+
+
+def history(state: LoopState) -> list[dict]:
+    """One row per round (the model trained at its start and its reviews), then the final model."""
+    rows = [{k: r.get(k) for k in HISTORY_KEYS} | {"step_seconds": r.get("step_seconds", {})}
+            for _, r in sorted(state.rounds.items(), key=lambda kv: int(kv[0]))]
+    if state.final:
+        rows.append({k: state.final.get(k) for k in HISTORY_KEYS} | {"step_seconds": state.final.get("step_seconds", {})})
+    return rows
+
+
+def write_history(cfg: Config, state: LoopState) -> Path:
+    """loop/history.json, loop/history.png and loop/report.md; returns the report's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    root = loop_root(cfg)
+    rows = history(state)
+    _write_json_atomic(root / "history.json", rows)
+    labels = [str(r["round"]) for r in rows]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, style in (("test_accuracy", "o-"), ("test_macro_f1", "s--"), ("val_accuracy", "o:")):
+        vals = [r.get(key) for r in rows]
+        if any(v is not None for v in vals):
+            a1.plot(labels, [np.nan if v is None else v for v in vals], style, label=key)
+    a1.set_xlabel("round (model trained at its start; final = after the last round)")
+    a1.set_title("evaluation")
+    a1.legend()
+    x = np.arange(len(rows))
+    for off, key in ((-0.27, "reviewed"), (0.0, "changed"), (0.27, "removed")):
+        a2.bar(x + off, [r.get(key) or 0 for r in rows], width=0.27, label=key)
+    a2.set_xticks(x, labels)
+    a2.set_title("reviews per round")
+    a2.legend()
+    fig.tight_layout()
+    fig.savefig(root / "history.png", dpi=110)
+    plt.close(fig)
+
+    def fmt(v):
+        return "" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    cols = [k for k in HISTORY_KEYS]
+    lines = ["# cleanloop review loop", "", f"Data: {cfg.dataset}; method: {cfg.method}; base model: {cfg.base_model}; "
+             f"label smoothing: {cfg.label_smoothing}.", "",
+             "Each row is a round: the model trained at its start (on the data as cleaned so far), what it flagged, "
+             "and what the annotators decided. The last row is the model trained after the last round.", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    lines += ["", "![history](history.png)", ""]
+    report = root / "report.md"
+    report.write_text("\n".join(lines))
+    return report
