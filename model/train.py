@@ -49,6 +49,7 @@ class TrainResult:
     metrics: dict
     train_seconds: float
     artifacts: list[Path] = field(default_factory=list)
+    main_process: bool = True  # False on the other ranks of an `accelerate launch` run, which save nothing
 
 
 def model_dir(cfg: Config) -> Path:
@@ -202,7 +203,7 @@ class ClassifierTrainer:
         trainer.train()
         seconds = time.perf_counter() - start
         if not trainer.is_world_process_zero():
-            return TrainResult(out, {}, seconds)
+            return TrainResult(out, {}, seconds, main_process=False)
 
         tmp.mkdir(parents=True)
         trainer.save_model(str(tmp))

@@ -13,7 +13,11 @@ import sys
 
 import click
 
+from cleanloop.cli import argilla  # noqa: F401  (registers commands)
 from cleanloop.cli import core  # noqa: F401  (registers commands)
+from cleanloop.cli import flag  # noqa: F401
+from cleanloop.cli import loop  # noqa: F401
+from cleanloop.cli import predict  # noqa: F401
 from cleanloop.cli.options import app
 from cleanloop.errors import CleanloopError
 

@@ -62,8 +62,8 @@ def train(cfg: Config) -> None:
     sizes = ", ".join(f"{s} {len(d):,}" for s, d in dd.items())
     log.info("data: %s (%s); method %s; base model %s", cfg.dataset, sizes, cfg.method, cfg.base_model)
     result = ClassifierTrainer(cfg).train(dd)
-    if not result.metrics:
-        return  # not the main process of a multi-process launch
+    if not result.main_process:
+        return  # another rank of `accelerate launch`: the main process reports
     click.echo(f"\nmodel saved to {result.output_dir} (trained in {result.train_seconds:.0f} s)")
     rows = [("dummy (most frequent)", m) for m in [result.metrics.get("dummy", {}).get("test")] if m]
     rows += [(f"{cfg.method} {s}", result.metrics[s]) for s in ("validation", "test") if s in result.metrics]

@@ -1,0 +1,267 @@
+"""Serving benchmark: texts per second through the Python batch path, through ``cleanloop serve``
+under concurrent clients each sending one tweet per request, and through a naive FastAPI server
+that makes one ``transformers.pipeline`` call per request, all in the same run.
+
+    python bench/serve.py                          # model of bench/core.py, 16 clients, 20 s per phase
+    python bench/serve.py --model runs/emotion/model --clients 32 --seconds 10
+
+Everything runs on 127.0.0.1; the servers are child processes on free ports.
+Writes bench/results/serve.json and prints one summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+VALIDATION = ROOT / "model" / "datasets" / "emotion" / "validation.parquet"
+# bench/core.py run from the repo root writes bench/out/core/model; run from bench/, bench/bench/out/core/model
+MODEL_CANDIDATES = [ROOT / "bench" / "out" / "core" / "model", ROOT / "bench" / "bench" / "out" / "core" / "model"]
+
+
+# --- the naive server: one pipeline call per request --------------------------------
+
+
+def naive_app(model_dir: str, max_length: int):
+    from fastapi import FastAPI
+    from transformers import pipeline
+
+    pipe = pipeline("text-classification", model=model_dir, top_k=None, device="cpu")
+    app = FastAPI()
+
+    @app.post("/predict")
+    def predict(body: dict):  # the usual tutorial shape: a sync endpoint, FastAPI's thread pool
+        out = pipe(body["texts"], truncation=True, max_length=max_length)
+        return {"results": [max(r, key=lambda d: d["score"]) | {"probabilities": {d["label"]: d["score"] for d in r}}
+                            for r in out]}
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok"}
+
+    return app
+
+
+# --- load generation ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(cmd: list[str], port: int, log_path: Path, timeout: float = 180) -> subprocess.Popen:
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {' '.join(cmd)}; see {log_path}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                return proc
+        except OSError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise SystemExit(f"server did not start in {timeout} s: {' '.join(cmd)}; see {log_path}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def load(port: int, texts: list[str], clients: int, seconds: float, warmup: float) -> dict:
+    """``clients`` threads, each on its own keep-alive connection, each sending one text per request
+    and waiting for the answer before the next. Counts answers and latencies after ``warmup`` seconds."""
+    start = time.monotonic()
+    t_measure, t_end = start + warmup, start + warmup + seconds
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        i = k * 997
+        while True:
+            body = json.dumps({"texts": [texts[i % len(texts)]]})
+            i += 1
+            t0 = time.monotonic()
+            if t0 >= t_end:
+                break
+            try:
+                conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                ok = resp.status == 200
+            except OSError:
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            t1 = time.monotonic()
+            if t0 >= t_measure and t1 <= t_end:
+                if ok:
+                    latencies[k].append(t1 - t0)
+                else:
+                    errors[k] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lat = np.array([x for per in latencies for x in per]) * 1000
+    return {
+        "per_s": round(len(lat) / seconds, 1),
+        "requests": int(len(lat)),
+        "errors": int(sum(errors)),
+        "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
+        "p95_ms": round(float(np.percentile(lat, 95)), 1) if len(lat) else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
+    }
+
+
+def bench_batch(model_dir: str, texts: list[str], batch_size: int, seconds: float) -> dict:
+    from cleanloop.model.predict import Predictor
+
+    pred = Predictor.load(model_dir, device="cpu")
+    pred.predict_arrays(texts[:64], batch_size=batch_size)  # warm-up
+    done, t0 = 0, time.perf_counter()
+    while True:  # whole passes over the tweets until the time is up (at least one)
+        pred.predict_arrays(texts, batch_size=batch_size)
+        done += len(texts)
+        if time.perf_counter() - t0 >= seconds:
+            break
+    return {"batch_per_s": round(done / (time.perf_counter() - t0), 1), "batch_size": batch_size}
+
+
+def quick_model(folder: Path) -> str:
+    """No trained model yet: the packaged MiniLM with an untrained 6-label head (same compute)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from cleanloop.model.infer import packaged_model_dir
+
+    names = ["sadness", "joy", "love", "anger", "fear", "surprise"]
+    model = AutoModelForSequenceClassification.from_pretrained(
+        packaged_model_dir(), num_labels=6, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
+    )
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(packaged_model_dir()).save_pretrained(folder)
+    return str(folder)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="model folder (default: bench/core.py's, else an untrained head)")
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=20.0, help="measured seconds per phase")
+    ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each served phase")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--out", default="bench/out/serve", help="server logs and the fallback model")
+    ap.add_argument("--naive-server", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.naive_server is not None:  # child process: run the naive server and nothing else
+        import uvicorn
+
+        uvicorn.run(naive_app(args.model, args.max_length), host="127.0.0.1", port=args.naive_server,
+                    log_level="warning")
+        return
+
+    import pandas as pd
+
+    from common import update_results
+
+    out = ROOT / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    model = args.model or next((str(p) for p in MODEL_CANDIDATES if (p / "config.json").exists()), None)
+    model_kind = "given" if args.model else "bench/core.py fine-tuned" if model else "untrained head (fallback)"
+    if model is None:
+        model = quick_model(out / "quick_model")
+    texts = pd.read_parquet(VALIDATION)["text"].tolist()
+    load_at_start = os.getloadavg()
+
+    result = bench_batch(model, texts, args.batch_size, args.seconds)
+
+    port = free_port()
+    exe = str(Path(sys.executable).with_name("cleanloop"))
+    proc = start_server(
+        [exe, "serve", "--model", model, "--port", str(port), "--max-wait-ms", str(args.max_wait_ms),
+         "--max-batch", str(args.max_batch), "--eval-batch-size", str(args.batch_size),
+         "--max-length", str(args.max_length)],
+        port, out / "served.log",
+    )
+    try:
+        served = load(port, texts, args.clients, args.seconds, args.warmup)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/health")
+        health = json.loads(conn.getresponse().read())
+    finally:
+        stop_server(proc)
+
+    port = free_port()
+    proc = start_server([sys.executable, __file__, "--model", model, "--naive-server", str(port),
+                         "--max-length", str(args.max_length)], port, out / "naive.log")
+    try:
+        naive = load(port, texts, args.clients, args.seconds, args.warmup)
+    finally:
+        stop_server(proc)
+
+    result.update(
+        {
+            "served_per_s": served["per_s"],
+            "naive_served_per_s": naive["per_s"],
+            "p50_ms": served["p50_ms"],
+            "p95_ms": served["p95_ms"],
+            "p99_ms": served["p99_ms"],
+            "naive_p50_ms": naive["p50_ms"],
+            "naive_p95_ms": naive["p95_ms"],
+            "served_vs_naive": round(served["per_s"] / naive["per_s"], 2) if naive["per_s"] else None,
+            "served_vs_batch": round(served["per_s"] / result["batch_per_s"], 2),
+            "clients": args.clients,
+            "texts_per_request": 1,
+            "seconds_per_phase": args.seconds,
+            "requests": {"served": served["requests"], "naive": naive["requests"]},
+            "errors": {"served": served["errors"], "naive": naive["errors"]},
+            "texts_per_model_call": round(health["texts_predicted"] / max(health["model_calls"], 1), 1),
+            "max_wait_ms": args.max_wait_ms,
+            "max_batch": args.max_batch,
+            "max_length": args.max_length,
+            "model": model_kind,
+            "texts": "emotion validation tweets",
+            "load_average_at_start": [round(x, 2) for x in load_at_start],  # other work sharing the cores
+        }
+    )
+    path = update_results("serve", result)
+    print(
+        f"serve: batch {result['batch_per_s']}/s; served {served['per_s']}/s "
+        f"(p50 {served['p50_ms']} ms, p95 {served['p95_ms']} ms, {args.clients} clients) = "
+        f"{result['served_vs_batch']}x batch, {result['served_vs_naive']}x naive ({naive['per_s']}/s) -> {path}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Prediction commands: predict (texts, a file or stdin) and serve (HTTP)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from cleanloop.cli.options import app, config_options
+from cleanloop.config import Config
+from cleanloop.errors import CleanloopError
+
+log = logging.getLogger("cleanloop")
+
+FILE_KINDS = {".txt": "txt", ".text": "txt", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+
+
+def read_texts(path: Path, text_column: str = "text") -> list[str]:
+    """Texts from a file: ``.txt`` one per line (blank lines skipped), or the ``text_column``
+    of a ``.csv``, ``.jsonl`` or ``.parquet`` file (every row must hold a string)."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise CleanloopError(f"no file {path}; fix: pass an existing --file")
+    kind = FILE_KINDS.get(path.suffix.lower())
+    if kind is None:
+        raise CleanloopError(
+            f"cannot read {path}: expected a {', '.join(sorted(FILE_KINDS))} file, got {path.suffix or 'no suffix'!r}; "
+            "fix: rename it or convert it"
+        )
+    if kind == "txt":
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        if kind == "csv":
+            df = pd.read_csv(path, dtype={text_column: object}, keep_default_na=False)
+        elif kind == "jsonl":
+            df = pd.read_json(path, lines=True, dtype=False)
+        else:
+            df = pd.read_parquet(path)
+    except (ValueError, OSError) as exc:
+        raise CleanloopError(f"cannot read {path} as {kind} ({str(exc).splitlines()[0][:160]})") from None
+    if text_column not in df.columns:
+        raise CleanloopError(
+            f"{path} has no column {text_column!r} (it has {', '.join(map(str, df.columns))}); "
+            "fix: pass --text-column NAME"
+        )
+    texts = df[text_column].tolist()
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        first = texts[bad[0]]
+        what = "is empty" if first is None or (isinstance(first, float) and first != first) else f"holds {first!r}, not a text"
+        raise CleanloopError(
+            f"{path}: column {text_column!r} row {bad[0]} {what} ({len(bad)} such rows); fix: drop or fill those rows"
+        )
+    return texts
+
+
+def predictions_frame(texts: list[str], probs, label_names: list[str]):
+    """A table with ``text``, ``label``, ``score`` and one ``prob_<label>`` column per label."""
+    import numpy as np
+    import pandas as pd
+
+    probs = np.asarray(probs, dtype=np.float32)
+    top = probs.argmax(1) if len(probs) else np.zeros(0, dtype=int)
+    df = pd.DataFrame({"text": texts, "label": [label_names[i] for i in top]})
+    df["score"] = probs[np.arange(len(top)), top]
+    for j, name in enumerate(label_names):
+        df[f"prob_{name}"] = probs[:, j]
+    return df
+
+
+def _write_csv_atomic(df, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _load_predictor(cfg: Config, model_path: str | None):
+    from cleanloop.model.predict import Predictor
+    from cleanloop.model.train import model_dir
+
+    folder = Path(model_path) if model_path else model_dir(cfg)
+    if not folder.exists():
+        raise CleanloopError(f"no model at {folder}; fix: run 'cleanloop train' first or pass --model DIR")
+    return folder, Predictor.load(folder, max_length=cfg.max_length)
+
+
+def _table(texts: list[str], preds, top_k: int | None) -> None:
+    width = max(40, min(100, (os.get_terminal_size(1).columns if sys.stdout.isatty() else 100) - 30))
+    if top_k:
+        click.echo(f"{'top labels':<40}  text")
+        for text, p in zip(texts, preds):
+            tops = ", ".join(f"{name} {s:.2f}" for name, s in p.top(top_k))
+            click.echo(f"{tops:<40}  {_clip(text, width)}")
+        return
+    click.echo(f"{'label':<12}{'score':>6}  text")
+    for text, p in zip(texts, preds):
+        click.echo(f"{p.label:<12}{p.score:>6.2f}  {_clip(text, width)}")
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@app.command()
+@config_options
+@click.argument("texts", nargs=-1)
+@click.option("--model", "model_path", type=click.Path(), default=None,
+              help="Model folder (default: WORKDIR/model, or WORKDIR/features with --method features).")
+@click.option("--file", "file_path", type=click.Path(dir_okay=False), default=None,
+              help="Read texts from a .txt file (one per line) or the --text-column of a .csv/.jsonl/.parquet file.")
+@click.option("--json/--table", "as_json", default=None,
+              help="Output JSON lines, or a table (default: a table on a terminal, JSON lines when piped).")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the predictions to a .parquet or .csv file instead (text, label, score, prob_<label>).")
+@click.option("--top-k", type=click.IntRange(min=1), default=None, help="Also show the k most likely labels.")
+def predict(
+    cfg: Config,
+    texts: tuple[str, ...],
+    model_path: str | None,
+    file_path: str | None,
+    as_json: bool | None,
+    output_path: str | None,
+    top_k: int | None,
+) -> None:
+    """Predict the label of new texts: given as arguments, from --file, or one per line on standard input.
+
+    \b
+      cleanloop predict "i feel great" "this is so unfair"
+      cleanloop predict --file tweets.csv --text-column tweet --output predictions.parquet
+      cat tweets.txt | cleanloop predict --json
+    """
+    from cleanloop.model.serve import prediction_record, predictions_from_probs
+
+    if texts and file_path:
+        raise CleanloopError("got both texts and --file; fix: pass one or the other")
+    out = Path(output_path) if output_path else None
+    if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
+        raise CleanloopError(f"--output must end in .parquet or .csv, got {out.name!r}; fix: rename it")
+    if file_path:
+        items = read_texts(Path(file_path), cfg.text_column)
+        source = file_path
+    elif texts:
+        items, source = list(texts), None
+    elif not sys.stdin.isatty():
+        items = [line for line in sys.stdin.read().splitlines() if line.strip()]
+        source = "standard input"
+    else:
+        raise CleanloopError("no texts; fix: pass texts as arguments, --file FILE, or pipe them one per line")
+    if not items:
+        raise CleanloopError(f"no texts in {source}; fix: give at least one non-empty line or row")
+
+    folder, predictor = _load_predictor(cfg, model_path)
+    if top_k is not None and top_k > len(predictor.label_names):
+        raise CleanloopError(f"--top-k {top_k} but the model has {len(predictor.label_names)} labels; fix: lower it")
+    if file_path:
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(items), desc="predict", unit="text", file=sys.stderr) as bar:
+            probs = predictor.predict_arrays(items, cfg.eval_batch_size, bar.update)["probs"]
+    else:
+        probs = predictor.predict_arrays(items, cfg.eval_batch_size)["probs"]
+
+    if out is not None:
+        from cleanloop.model.score import write_parquet_atomic
+
+        df = predictions_frame(items, probs, predictor.label_names)
+        path = write_parquet_atomic(df, out) if out.suffix.lower() == ".parquet" else _write_csv_atomic(df, out)
+        counts = df["label"].value_counts()
+        click.echo(f"{len(df):,} predictions -> {path} ({', '.join(f'{k} {v:,}' for k, v in counts.items())})")
+        return
+    preds = predictions_from_probs(probs, predictor.label_names)
+    if as_json is None:
+        as_json = not sys.stdout.isatty()
+    if as_json:
+        for text, p in zip(items, preds):
+            click.echo(json.dumps({"text": text, **prediction_record(p, top_k)}, ensure_ascii=False))
+    else:
+        _table(items, preds, top_k)
+
+
+@app.command()
+@config_options
+@click.option("--model", "model_path", type=click.Path(), default=None,
+              help="Model folder (default: WORKDIR/model, or WORKDIR/features with --method features).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 makes the service reachable from other machines).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
+@click.option("--max-texts", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Most texts per request (413 beyond).")
+@click.option("--max-chars", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Most characters per text (413 beyond, unless --truncate).")
+@click.option("--truncate", is_flag=True, help="Cut texts over --max-chars instead of refusing them (said in the response).")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="How long a request may wait for others to share its batch.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Texts gathered into one model call before it starts.")
+def serve(
+    cfg: Config,
+    model_path: str | None,
+    host: str,
+    port: int,
+    max_texts: int,
+    max_chars: int,
+    truncate: bool,
+    max_wait_ms: float,
+    max_batch: int,
+) -> None:
+    """Serve the model over HTTP: POST /predict {"texts": [...]}, GET /health, GET /labels, docs at /docs."""
+    # The HTTP event loop and the model share the cores: OpenMP workers that spin between
+    # parallel regions starve it (measured on 2 cores under load: 4 -> 76 texts/s). Only
+    # effective before torch is first imported, which is the case when run from the shell.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import uvicorn
+
+    from cleanloop.model.serve import create_app
+
+    folder, predictor = _load_predictor(cfg, model_path)
+    api = create_app(
+        predictor,
+        max_texts=max_texts,
+        max_chars=max_chars,
+        truncate=truncate,
+        max_wait_ms=max_wait_ms,
+        max_batch=max_batch,
+        batch_size=cfg.eval_batch_size,
+        model_name=str(folder),
+    )
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: the service is reachable from other machines, without authentication", host)
+    click.echo(
+        f"serving {folder} ({', '.join(predictor.label_names)}) on http://{host}:{port} "
+        f"(POST /predict, GET /health, GET /labels; docs at /docs); Ctrl+C to stop",
+        err=True,
+    )
+    uvicorn.run(api, host=host, port=port, log_level="info", access_log=True)
