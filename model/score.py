@@ -52,15 +52,23 @@ def score_frame(
     return df
 
 
-def write_parquet_atomic(df: pd.DataFrame, path: Path) -> Path:
-    """Write ``df`` to a temp file beside ``path`` and rename it into place."""
+def atomic_write(path: Path, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it into place.
+
+    A crash or Ctrl-C leaves either the old file or the new one, never half of one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        df.to_parquet(tmp, index=False)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def write_parquet_atomic(df: pd.DataFrame, path: Path) -> Path:
+    """Write ``df`` as parquet to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))

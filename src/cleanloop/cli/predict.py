@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
@@ -72,19 +71,6 @@ def predictions_frame(texts: list[str], probs, label_names: list[str]):
     for j, name in enumerate(label_names):
         df[f"prob_{name}"] = probs[:, j]
     return df
-
-
-def _write_csv_atomic(df, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def _load_predictor(cfg: Config, model_path: str | None):
@@ -175,10 +161,13 @@ def predict(
         probs = predictor.predict_arrays(items, cfg.eval_batch_size)["probs"]
 
     if out is not None:
-        from cleanloop.model.score import write_parquet_atomic
+        from cleanloop.model.score import atomic_write, write_parquet_atomic
 
         df = predictions_frame(items, probs, predictor.label_names)
-        path = write_parquet_atomic(df, out) if out.suffix.lower() == ".parquet" else _write_csv_atomic(df, out)
+        if out.suffix.lower() == ".parquet":
+            path = write_parquet_atomic(df, out)
+        else:
+            path = atomic_write(out, lambda tmp: df.to_csv(tmp, index=False))
         counts = df["label"].value_counts()
         click.echo(f"{len(df):,} predictions -> {path} ({', '.join(f'{k} {v:,}' for k, v in counts.items())})")
         return
