@@ -75,6 +75,7 @@ def flag(cfg: Config, with_map: bool, output_dir: str | None) -> None:
     """Flag likely mislabelled training examples: scores.parquet, review_queue.parquet and a report."""
     from cleanloop.loops.flag import confident_examples, review_queue, scores_table, signal_table
     from cleanloop.loops.report import write_report
+    from cleanloop.loops.retrain import reviewed_ids
     from cleanloop.model.data import load_data
     from cleanloop.model.score import write_parquet_atomic
 
@@ -85,7 +86,7 @@ def flag(cfg: Config, with_map: bool, output_dir: str | None) -> None:
     probs, embeddings, source = judging_probs(cfg, train)
     table = signal_table(labels, probs, cfg.filter_by)
     scores = scores_table(train["id"], train["text"], labels, probs, names, table)
-    queue = review_queue(scores, cfg.max_review)
+    queue = review_queue(scores, cfg.max_review, reviewed_ids(cfg))  # already reviewed: not again
     out = Path(output_dir) if output_dir else cfg.workpath / "flags"
     write_parquet_atomic(scores, out / "scores.parquet")
     write_parquet_atomic(queue, out / "review_queue.parquet")

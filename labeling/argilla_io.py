@@ -1,0 +1,419 @@
+"""The one module that talks to the Argilla SDK: cleanloop's review records in, annotators' answers out.
+
+cleanloop's side is plain dataclasses: :class:`ReviewRecord` (what an annotator sees: the text,
+the given label, the model's :class:`Suggestion`, signals as metadata, an embedding) and
+:class:`Response` (one annotator's answer). :func:`to_argilla_record` / :func:`responses_from_record`
+convert them to and from Argilla records; :func:`dataset_settings` is the review dataset's layout.
+The mapping is pure (unit-tested without a server); :func:`connect`, :func:`ensure_dataset`,
+:func:`push` and :func:`pull` do the I/O.
+
+The record id is the example id, so pushing the same example again updates its record.
+Discarding a record means "no label fits"; the journal turns that into a removal.
+
+>>> rec = ReviewRecord("train-00042", "i feel sad", "joy", Suggestion("sadness", 0.91, "cleanloop"),
+...                    label_quality=0.05, loss=3.2, round=1, flagged_by=("cleanlab",))
+>>> r = to_argilla_record(rec)
+>>> r.id, r.fields["text"], r.metadata["given_label"], r.suggestions["label"].value
+('train-00042', 'i feel sad', 'joy', 'sadness')
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cleanloop.config import Config
+from cleanloop.errors import CleanloopError
+
+__all__ = [
+    "GUIDELINES",
+    "QUESTION",
+    "Response",
+    "ReviewRecord",
+    "Suggestion",
+    "connect",
+    "dataset_settings",
+    "ensure_dataset",
+    "pull",
+    "push",
+    "records_from_queue",
+    "responses_from_record",
+    "suggestion_probs",
+    "to_argilla_record",
+]
+
+log = logging.getLogger("cleanloop.argilla")
+
+QUESTION = "label"
+VECTOR = "embedding"
+GUIDELINES = """\
+# Check the label of each text
+
+Each record is a text from the training data whose label a model doubts.
+The **given label** (metadata `given_label`) is the label the data has now; the model's
+**suggestion** is pre-selected with its confidence.
+
+* Pick the label that describes the emotion the author expresses, then **Submit**, whether it is
+  the given label, the suggestion or another one.
+* **Discard** means *no emotion of the list fits* (or the text is not understandable): the example
+  is removed from the training data. Do not discard to skip a record: leave it for later instead.
+* Judge the text alone, not the suggestion; `label_quality` and `loss` only say why it was flagged
+  (low quality / high loss = the model disagrees more with the given label).
+* Use *Find similar* (the `embedding` vector) to compare with similar texts.
+"""
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """The model's label for a record, its probability and who made it (model name and version)."""
+
+    label: str
+    score: float
+    agent: str
+
+
+@dataclass(frozen=True)
+class ReviewRecord:
+    """One example to review, as cleanloop sees it."""
+
+    id: str
+    text: str
+    given_label: str
+    suggestion: Suggestion | None = None
+    label_quality: float | None = None
+    loss: float | None = None
+    round: int = 0
+    flagged_by: tuple[str, ...] = ()
+    vector: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Response:
+    """One annotator's answer: ``label`` None when the record was discarded (no label fits)."""
+
+    example_id: str
+    annotator: str
+    label: str | None
+    status: str  # "submitted" or "discarded"
+    given_label: str | None = None
+    suggestion: Suggestion | None = None
+    round: int | None = None
+
+
+# --- the mapping (pure) ---------------------------------------------------------------------------
+
+
+def dataset_settings(label_names: Sequence[str], vector_dim: int | None = None, *, client, guidelines: str = GUIDELINES):
+    """The review dataset's settings: field ``text``, question ``label``, metadata, vector, guidelines.
+
+    client: the ``argilla.Argilla`` the settings belong to (the SDK's settings objects need one;
+    passing it keeps the SDK from picking up a global default client). Makes no request.
+    """
+    import argilla as rg
+
+    c = {"client": client}
+    names = list(label_names)
+    if len(names) < 2:
+        raise CleanloopError(f"a review dataset needs at least two label names, got {names!r}")
+    return rg.Settings(
+        guidelines=guidelines,
+        fields=[rg.TextField("text", title="Text", use_markdown=False, **c)],
+        questions=[rg.LabelQuestion(QUESTION, labels=names, title="Which label fits this text?", required=True, **c)],
+        metadata=[
+            rg.TermsMetadataProperty("given_label", options=names, title="Given label", **c),
+            rg.TermsMetadataProperty("suggested_label", options=names, title="Suggested label", **c),
+            rg.FloatMetadataProperty("label_quality", title="Label quality (low = doubtful)", **c),
+            rg.FloatMetadataProperty("loss", title="Loss (high = doubtful)", **c),
+            rg.IntegerMetadataProperty("round", title="Review round", **c),
+            rg.TermsMetadataProperty("flagged_by", title="Flagged by", **c),
+        ],
+        vectors=[rg.VectorField(VECTOR, dimensions=int(vector_dim), title="Embedding", _client=client)]
+        if vector_dim else [],
+        allow_extra_metadata=False,
+    )
+
+
+def to_argilla_record(rec: ReviewRecord):
+    """An ``argilla.Record`` for a :class:`ReviewRecord` (id = example id)."""
+    import argilla as rg
+
+    metadata = {"given_label": rec.given_label, "round": int(rec.round)}
+    if rec.suggestion is not None:
+        metadata["suggested_label"] = rec.suggestion.label
+    for key in ("label_quality", "loss"):
+        value = getattr(rec, key)
+        if value is not None and np.isfinite(value):
+            metadata[key] = float(value)
+    if rec.flagged_by:
+        metadata["flagged_by"] = list(rec.flagged_by)
+    suggestions = []
+    if rec.suggestion is not None:
+        suggestions.append(rg.Suggestion(QUESTION, rec.suggestion.label, score=float(rec.suggestion.score),
+                                         agent=rec.suggestion.agent))
+    vectors = {VECTOR: [float(x) for x in rec.vector]} if rec.vector is not None else {}
+    return rg.Record(id=rec.id, fields={"text": rec.text}, metadata=metadata, suggestions=suggestions, vectors=vectors)
+
+
+def responses_from_record(model, usernames: Mapping[str, str]) -> list[Response]:
+    """The submitted and discarded answers on one record, as the server sends it (a ``RecordModel``).
+
+    usernames: user id (str) -> user name. Drafts are left out. Works on the SDK's record
+    *models*: the SDK's ``Record`` cannot be built from a record with a discard that carries no
+    value (argilla 2.8 fails on ``values=None``), which is what the UI's Discard sends.
+    """
+    meta = model.metadata or {}
+    meta = meta if isinstance(meta, dict) else {m.name: m.value for m in meta}
+    sugg = None
+    for s in model.suggestions or ():
+        if s.question_name in (QUESTION, None):  # the review dataset has one question
+            score = s.score if isinstance(s.score, (int, float)) else float("nan")
+            sugg = Suggestion(str(s.value), float(score), s.agent or "")
+    out = []
+    for r in model.responses or []:
+        status = getattr(r.status, "value", r.status)
+        if status not in ("submitted", "discarded"):
+            continue
+        value = ((r.values or {}).get(QUESTION) or {}).get("value")
+        label = None if status == "discarded" else value
+        if status == "submitted" and label is None:
+            continue  # submitted without an answer to our question: nothing to learn
+        out.append(Response(str(model.external_id), usernames.get(str(r.user_id), str(r.user_id)), label, status,
+                            meta.get("given_label"), sugg, meta.get("round")))
+    return out
+
+
+def records_from_queue(queue, round: int, agent: str, embeddings: np.ndarray | None = None,
+                       flagged_by: Sequence[str] = ("cleanlab",)) -> list[ReviewRecord]:
+    """:class:`ReviewRecord` s from a review-queue table (``cleanloop flag``'s columns).
+
+    embeddings: (N, D) rows in the queue's order, or None.
+    """
+    if embeddings is not None and len(embeddings) != len(queue):
+        raise CleanloopError(f"{len(embeddings)} embeddings for a queue of {len(queue)} rows")
+    out = []
+    for n, row in enumerate(queue.itertuples(index=False)):
+        out.append(ReviewRecord(
+            id=str(row.id), text=str(row.text), given_label=str(row.given_label),
+            suggestion=Suggestion(str(row.suggested_label), float(row.suggested_score), agent),
+            label_quality=float(row.label_quality), loss=float(row.loss), round=int(round),
+            flagged_by=tuple(flagged_by), vector=tuple(np.asarray(embeddings[n], dtype=float)) if embeddings is not None else None,
+        ))
+    return out
+
+
+def suggestion_probs(suggestion: Suggestion, label_names: Sequence[str]) -> np.ndarray:
+    """(C,) probabilities implied by a suggestion: its score on its label, the rest shared evenly.
+
+    A stand-in for the model's full probabilities, which a record does not carry; enough for
+    cleanlab's multi-annotator consensus quality.
+    """
+    k = len(label_names)
+    score = float(np.clip(suggestion.score if np.isfinite(suggestion.score) else 1 / k, 1e-6, 1 - 1e-6))
+    probs = np.full(k, (1 - score) / (k - 1))
+    probs[list(label_names).index(suggestion.label)] = score
+    return probs
+
+
+# --- talking to a server -----------------------------------------------------------------------------
+
+
+def api_key(cfg: Config, home: str | Path | None = None) -> str:
+    """ARGILLA_API_KEY, else the owner's key of the embedded server's credentials file."""
+    key = os.environ.get("ARGILLA_API_KEY")
+    if key:
+        return key
+    from cleanloop.labeling.server import OWNER, credentials
+
+    creds = credentials(cfg, home)
+    if OWNER in creds:
+        return creds[OWNER].api_key
+    raise CleanloopError(
+        f"no Argilla API key for {cfg.argilla_url}: ARGILLA_API_KEY is not set and the embedded server's "
+        "credentials file has none; fix: export ARGILLA_API_KEY=<owner key>, or run 'cleanloop argilla up'"
+    )
+
+
+def connect(cfg: Config, home: str | Path | None = None, key: str | None = None):
+    """An ``argilla.Argilla`` client for ``cfg.argilla_url`` (any URL), checked with one request."""
+    import argilla as rg
+
+    try:
+        client = rg.Argilla(api_url=cfg.argilla_url, api_key=key or api_key(cfg, home), timeout=60)
+        client.me  # noqa: B018  (one request: fails now, not in the middle of a push)
+    except CleanloopError:
+        raise
+    except Exception as exc:
+        raise CleanloopError(
+            f"cannot reach Argilla at {cfg.argilla_url} ({type(exc).__name__}: {str(exc)[:160]}); "
+            "fix: start it with 'cleanloop argilla up' or check --argilla-url and ARGILLA_API_KEY"
+        ) from None
+    return client
+
+
+def get_dataset(client, cfg: Config):
+    """The review dataset, or None when it does not exist yet."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the SDK warns "not found" before returning None
+        return client.datasets(cfg.argilla_dataset, workspace=cfg.argilla_workspace)
+
+
+def ensure_dataset(client, cfg: Config, label_names: Sequence[str], vector_dim: int | None = None):
+    """The review dataset ``cfg.argilla_dataset`` in ``cfg.argilla_workspace``, created when missing.
+
+    An existing dataset must ask for the same labels (and vector size).
+    """
+    import argilla as rg
+
+    dataset = get_dataset(client, cfg)
+    if dataset is None:
+        if client.workspaces(cfg.argilla_workspace) is None:
+            raise CleanloopError(
+                f"Argilla workspace {cfg.argilla_workspace!r} does not exist at {cfg.argilla_url}; "
+                "fix: create it (the embedded server's 'argilla up' does) or pass --argilla-workspace"
+            )
+        settings = dataset_settings(label_names, vector_dim, client=client)
+        return rg.Dataset(cfg.argilla_dataset, workspace=cfg.argilla_workspace, settings=settings,
+                          client=client).create()
+    have = list(dataset.settings.questions[QUESTION].labels)
+    if have != list(label_names):
+        raise CleanloopError(
+            f"Argilla dataset {cfg.argilla_dataset!r} asks for labels {have}, but the data has {list(label_names)}; "
+            "fix: pass another --argilla-dataset"
+        )
+    vec = dataset.settings.vectors[VECTOR] if vector_dim else None
+    if vector_dim and (vec is None or vec.dimensions != vector_dim):
+        raise CleanloopError(
+            f"Argilla dataset {cfg.argilla_dataset!r} has no {vector_dim}-d vector '{VECTOR}'; "
+            "fix: pass another --argilla-dataset"
+        )
+    return dataset
+
+
+def push(client, dataset, records: Iterable[ReviewRecord], skip_ids: Iterable[str] = ()) -> list[str]:
+    """Upsert records (update by example id); those in ``skip_ids`` (already reviewed) are left out.
+
+    Answers already given on a record are kept. Returns the ids pushed. Sends the records with
+    the SDK's bulk upsert directly: ``dataset.records.log`` fails in argilla 2.8 when the server
+    echoes back a record that has a discard without values.
+    """
+    skip = set(skip_ids)
+    todo = [r for r in records if r.id not in skip]
+    models = dataset.records._ingest_records([to_argilla_record(r) for r in todo], user_id=client.me.id) if todo else []
+    step = client.api.records.MAX_RECORDS_PER_UPSERT_BULK
+    for start in range(0, len(models), step):
+        client.api.records.bulk_upsert(dataset_id=dataset.id, records=models[start:start + step])
+    return [r.id for r in todo]
+
+
+def _record_models(client, dataset, batch: int = 500, with_suggestions: bool = True):
+    """Every record of the dataset as the server's ``RecordModel`` (see :func:`responses_from_record`)."""
+    offset = 0
+    while True:
+        page = client.api.records.list(dataset_id=dataset.id, offset=offset, limit=batch,
+                                       with_responses=True, with_suggestions=with_suggestions)
+        yield from page
+        if len(page) < batch:
+            return
+        offset += len(page)
+
+
+def pull(client, dataset) -> list[Response]:
+    """Every submitted and discarded answer in the dataset, as :class:`Response` s."""
+    usernames = {str(u.id): u.username for u in client.users}
+    out: list[Response] = []
+    for model in _record_models(client, dataset):
+        out.extend(responses_from_record(model, usernames))
+    return out
+
+
+def progress(client, dataset, ids: Iterable[str] | None = None) -> tuple[int, int]:
+    """(records with a submitted or discarded answer, records) among ``ids`` (default: all)."""
+    wanted = set(ids) if ids is not None else None
+    done = total = 0
+    for model in _record_models(client, dataset, with_suggestions=False):
+        if wanted is not None and str(model.external_id) not in wanted:
+            continue
+        total += 1
+        statuses = {getattr(r.status, "value", r.status) for r in model.responses or []}
+        done += bool(statuses & {"submitted", "discarded"})
+    return done, total
+
+
+class ReviewWaker:
+    """Be woken by Argilla's webhooks when annotators answer, instead of only polling.
+
+    Registers a webhook on ``response.created``/``response.updated``/``record.completed`` with the
+    SDK's ``webhook_listener`` and serves it on ``127.0.0.1:port`` (uvicorn in a thread); the
+    server's rq worker delivers the events, each sets :attr:`event`. :meth:`stop` removes the
+    webhook and stops the listener. The webhook URL must be reachable from the Argilla server:
+    this is for a server on the same machine (the embedded one).
+
+    The SDK creates the webhook with its *default* client, so ``client`` is made the default.
+    """
+
+    EVENTS = ["response.created", "response.updated", "record.completed"]
+
+    def __init__(self, client, port: int | None = None):
+        import socket
+        import threading
+
+        self.client = client
+        if port is None:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.port = port
+        self.event = threading.Event()
+        self._server = None
+        self._thread = None
+
+    def start(self) -> "ReviewWaker":
+        import threading
+
+        import argilla as rg
+        import uvicorn
+        from argilla.webhooks import webhook_listener
+        from fastapi import FastAPI
+
+        app = FastAPI()
+        rg.Argilla._set_default(self.client)
+        event = self.event
+        before = os.environ.get("WEBHOOK_SERVER_URL")
+        os.environ["WEBHOOK_SERVER_URL"] = self.url  # the SDK builds the webhook URL from it
+        try:
+            async def cleanloop_review_event(evt):  # noqa: ANN001  (the SDK's raw WebhookEvent)
+                event.set()
+
+            webhook_listener(self.EVENTS, description="cleanloop: wake the review loop", client=self.client,
+                             server=app, raw_event=True)(cleanloop_review_event)
+        finally:
+            if before is None:
+                os.environ.pop("WEBHOOK_SERVER_URL", None)
+            else:
+                os.environ["WEBHOOK_SERVER_URL"] = before
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, name="cleanloop-webhooks", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+        for hook in self.client.webhooks:
+            if hook.url.startswith(self.url + "/"):
+                hook.delete()
+
+    def __enter__(self) -> "ReviewWaker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

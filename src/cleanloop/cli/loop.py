@@ -1,0 +1,178 @@
+"""The review round trip: ``cleanloop push``, ``pull``, ``export`` and ``retrain-loop``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from cleanloop.cli.options import app, config_options
+from cleanloop.config import Config
+from cleanloop.errors import CleanloopError
+
+log = logging.getLogger("cleanloop")
+
+_home_option = click.option(
+    "--home", type=click.Path(file_okay=False), default=None,
+    help="Embedded Argilla home, for its owner API key (default: WORKDIR/argilla); ARGILLA_API_KEY wins.",
+)
+
+
+def _latest_round(cfg: Config) -> int:
+    from cleanloop.loops.retrain import versions_root
+
+    rounds = [int(p.name.split("-")[1]) for p in versions_root(cfg).glob("round-[0-9][0-9][0-9]")]
+    return max(rounds, default=0)
+
+
+@app.command()
+@config_options
+@_home_option
+@click.option("--round", "rnd", type=int, default=None, help="Review round written on the records (default: next).")
+@click.option("--queue", "queue_path", type=click.Path(dir_okay=False), default=None,
+              help="Review queue parquet (default: WORKDIR/flags/review_queue.parquet from 'cleanloop flag').")
+def push(cfg: Config, home: str | None, rnd: int | None, queue_path: str | None) -> None:
+    """Send the review queue to Argilla (record id = example id; already reviewed examples are skipped)."""
+    import pandas as pd
+
+    from cleanloop.labeling import argilla_io as aio
+    from cleanloop.loops.retrain import embed_queue, push_step, reviewed_ids
+    from cleanloop.model.data import load_data
+
+    path = Path(queue_path) if queue_path else cfg.workpath / "flags" / "review_queue.parquet"
+    if not path.exists():
+        raise CleanloopError(f"no review queue at {path}; fix: run 'cleanloop flag' first or pass --queue")
+    queue = pd.read_parquet(path)
+    rnd = rnd if rnd is not None else _latest_round(cfg) + 1
+    train = load_data(cfg)["train"]
+    emb = embed_queue(cfg, train, queue)
+    client = aio.connect(cfg, home)
+    skip = reviewed_ids(cfg)
+    ids = push_step(client, cfg, queue, emb, train.features["label"].names, rnd, skip)
+    click.echo(f"pushed {len(ids):,} records to {cfg.argilla_url} dataset {cfg.argilla_workspace}/{cfg.argilla_dataset} "
+               f"(round {rnd}; {len(queue) - len(ids):,} already reviewed, skipped)")
+
+
+@app.command()
+@config_options
+@_home_option
+@click.option("--round", "rnd", type=int, default=None, help="Round these answers belong to (default: next).")
+def pull(cfg: Config, home: str | None, rnd: int | None) -> None:
+    """Take the annotators' answers into the corrections journal and write the cleaned data version."""
+    from cleanloop.labeling import argilla_io as aio
+    from cleanloop.labeling.journal import Journal
+    from cleanloop.loops.retrain import journal_path, pull_step, round_stats, versions_root
+    from cleanloop.loops.versions import write_version
+    from cleanloop.model.data import load_data
+
+    rnd = rnd if rnd is not None else _latest_round(cfg) + 1
+    original = load_data(cfg)
+    client = aio.connect(cfg, home)
+    with Journal(journal_path(cfg)) as journal:
+        result = pull_step(client, cfg, journal, original["train"], rnd)
+        path = write_version(original, journal, versions_root(cfg), rnd)
+        stats = round_stats(journal, rnd)
+    click.echo(f"pull: {result.new_votes:,} new answers, {len(result.decisions):,} new decisions "
+               f"({result.changed} corrected, {result.removed} removed, {len(result.open_ids)} tied and open)")
+    agreement = "" if stats["agreement"] is None else f", agreement {stats['agreement']:.2f}"
+    click.echo(f"round {rnd}: {stats['reviewed']} reviewed, {stats['changed']} changed, {stats['removed']} removed"
+               f"{agreement}; version: {path}")
+
+
+@app.command()
+@config_options
+@click.option("--to", "to_dir", type=click.Path(file_okay=False), default=None, help="Write the data set to this folder.")
+@click.option("--hub", "repo_id", default=None, help="Push the data set to this Hub repo (owner/name); token: HF_TOKEN.")
+@click.option("--private/--public", default=False, show_default=True, help="Visibility of a new Hub repo.")
+@click.option("--keep-removed", is_flag=True, help="Keep the examples annotators removed (label_source 'removed').")
+@click.option("--version", "version_path", type=click.Path(file_okay=False), default=None,
+              help="Data version folder (default: the latest, WORKDIR/versions/round-NNN).")
+@click.option("--model-to", type=click.Path(file_okay=False), default=None, help="Also copy the model with its card here.")
+@click.option("--model-hub", default=None, help="Also push the model to this Hub repo (owner/name).")
+def export(cfg: Config, to_dir, repo_id, private, keep_removed, version_path, model_to, model_hub) -> None:
+    """Publish the cleaned data set (parquet per split + dataset card) and optionally the model."""
+    from cleanloop.labeling.journal import Journal
+    from cleanloop.loops import export as ex
+    from cleanloop.loops.retrain import journal_path, loop_root, versions_root
+    from cleanloop.loops.versions import load_version, version_dir
+    from cleanloop.model.train import model_dir
+
+    if not (to_dir or repo_id or model_to or model_hub):
+        raise CleanloopError("nothing to export to; fix: pass --to FOLDER and/or --hub OWNER/NAME")
+    rnd = _latest_round(cfg)
+    path = Path(version_path) if version_path else version_dir(versions_root(cfg), rnd)
+    version, meta = load_version(path)
+    summary = Journal(journal_path(cfg)).summary() if journal_path(cfg).exists() else {}
+    info = ex.CleaningInfo(rounds=meta["round"], model=f"{cfg.method} on {cfg.base_model}",
+                           reviewed=sum(summary.get(k, 0) for k in ("corrected", "confirmed", "removed")),
+                           agreement=summary.get("agreement"))
+    if to_dir:
+        click.echo(f"data set: {ex.export_dataset(version, to_dir, info, keep_removed=keep_removed)}")
+    if repo_id:
+        click.echo(f"data set pushed to https://huggingface.co/datasets/"
+                   f"{ex.push_dataset_to_hub(version, repo_id, info, private=private, keep_removed=keep_removed)}")
+    if model_to or model_hub:
+        final = model_dir(cfg.replace(workdir=str(loop_root(cfg) / "final")))
+        folder = final if final.exists() else model_dir(cfg)
+        if model_to:
+            click.echo(f"model: {ex.export_model(folder, model_to, info)}")
+        if model_hub:
+            click.echo(f"model pushed to https://huggingface.co/{ex.push_model_to_hub(folder, model_hub, private=private)}")
+
+
+@app.command("retrain-loop")
+@config_options
+@_home_option
+@click.option("--rounds", type=int, default=1, show_default=True, help="Review rounds before the final retrain.")
+@click.option("--min-reviewed", type=int, default=0, show_default=True,
+              help="Go on once this many pushed records are answered (0: all of them).")
+@click.option("--review-timeout", type=float, default=3600.0, show_default=True,
+              help="Seconds to wait for answers; then go on with those there are.")
+@click.option("--poll-seconds", type=float, default=5.0, show_default=True, help="How often to ask Argilla.")
+@click.option("--webhooks", is_flag=True,
+              help="Also be woken by Argilla webhooks (listener on 127.0.0.1; for a server on this machine).")
+@click.option("--non-interactive", is_flag=True, help="No progress bar: one log line per change (CI).")
+def retrain_loop(cfg: Config, home, rounds, min_reviewed, review_timeout, poll_seconds, webhooks, non_interactive) -> None:
+    """Train -> flag -> push -> wait for reviews -> pull -> apply, per round; then retrain and evaluate.
+
+    Resumable: run it again after a crash or Ctrl-C and it goes on where it stopped
+    (state in WORKDIR/loop/state.json). --max-review caps each round's review queue.
+    """
+    from cleanloop.loops.retrain import LoopOptions, loop_root, run_loop
+
+    opts = LoopOptions(rounds=rounds, min_reviewed=min_reviewed, review_timeout=review_timeout,
+                       poll_seconds=poll_seconds, interactive=not non_interactive, webhooks=webhooks)
+    bar = {}
+    last = [-1]
+
+    def display(done: int, target: int) -> None:
+        if non_interactive:
+            if done != last[0]:
+                click.echo(f"reviews: {done}/{target} answered")
+                last[0] = done
+            return
+        from tqdm.auto import tqdm
+
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=target, desc="waiting for reviews", unit="rec")
+        bar["bar"].n = done
+        bar["bar"].refresh()
+
+    def on_step(rnd, step, res):
+        if step == "wait" and "bar" in bar:
+            bar.pop("bar").close()
+        msg = {"train": lambda: f"trained on {res.get('train_examples')} examples: test accuracy "
+                                f"{res.get('test_accuracy', float('nan')):.2%}, macro F1 {res.get('test_macro_f1', float('nan')):.3f}",
+               "flag": lambda: f"flagged {res.get('flagged')}, queued {res.get('queued')}",
+               "push": lambda: f"pushed {res.get('pushed')} records to {cfg.argilla_url}",
+               "wait": lambda: f"{res.get('answered')} answered",
+               "pull": lambda: f"{res.get('reviewed')} reviewed, {res.get('changed')} changed, {res.get('removed')} removed",
+               "apply": lambda: f"data version {res.get('version')}",
+               "final": lambda: f"final model: test accuracy {res.get('test_accuracy', float('nan')):.2%}, "
+                                f"macro F1 {res.get('test_macro_f1', float('nan')):.3f}"}[step]()
+        click.echo(f"[round {rnd}] {step}: {msg}")
+
+    state = run_loop(cfg, opts, home=home, display=display, on_step=on_step)
+    root = loop_root(cfg)
+    click.echo(f"done: {len(state.rounds)} round(s); history {root / 'history.json'}; report {root / 'report.md'}")
