@@ -81,7 +81,8 @@ def main() -> None:
         up_seconds = time.perf_counter() - t0
         try:
             creds = credentials(cfg, home)
-            client = rg.Argilla(api_url=st.url, api_key=creds["owner"].api_key, timeout=300)
+            client = rg.Argilla(api_url=st.url, api_key=creds["owner"].api_key, timeout=300,
+                                 headers={"Accept-Encoding": "identity"})  # no Brotli of bulk replies on localhost
             settings = rg.Settings(
                 fields=[rg.TextField("text")],
                 questions=[rg.LabelQuestion("label", labels=LABELS)],

@@ -133,6 +133,9 @@ def main() -> None:
     args = parser.parse_args()
     users = [tuple(item.split(":", 1)) for item in args.users.split(",") if item]
 
+    from cleanloop.labeling import _sqlite_driver
+
+    _sqlite_driver.setup()  # the in-loop SQLite driver and pragmas, before argilla_server creates its engines
     from cleanloop.labeling import search_engine  # noqa: F401  (registers the "sqlite" engine)
 
     migrate()

@@ -11,6 +11,9 @@ import logging
 
 
 def main() -> None:
+    from cleanloop.labeling import _sqlite_driver
+
+    _sqlite_driver.setup()  # before argilla_server creates its engines
     from cleanloop.labeling import search_engine  # noqa: F401  (registers the "sqlite" engine)
 
     from argilla_server.jobs.queues import DEFAULT_QUEUE, HIGH_QUEUE, REDIS_CONNECTION

@@ -624,15 +624,13 @@ class SQLiteSearchEngine(SearchEngine):
             return SearchResponses(items=[], total=0)
         base = f"FROM records r {text_from} WHERE {sql.clause}"
         params = [*text_params, *sql.params]
-        total = self.conn.execute(f"SELECT COUNT(*) {base}", params).fetchone()[0]
-        if total == 0 or offset >= total:
-            return SearchResponses(items=[], total=total)
 
         keys, order_terms, key_params = [], [], []
         for n, order in enumerate(sort or []):
             expr, p, desc = _sort_sql(order)
             keys.append(f", {expr} AS k{n}")
-            order_terms.append(f"k{n} IS NULL, k{n} {'DESC' if desc else 'ASC'}")
+            # one reference to each key, so SQLite computes it once per row (``k IS NULL, k DESC`` computed it twice)
+            order_terms.append(f"k{n} {'DESC' if desc else 'ASC'} NULLS LAST")
             key_params += p
         if sort:
             score = "NULL"  # ES returns no _score when sorting
@@ -645,10 +643,16 @@ class SQLiteSearchEngine(SearchEngine):
         else:
             score = "1.0"
         order_terms.append("r.rid")
+        # the page and the total in one pass over the matches (the window counts them before LIMIT applies)
         rows = self.conn.execute(
-            f"SELECT r.id, {score}{''.join(keys)} {base} ORDER BY {', '.join(order_terms)} LIMIT ? OFFSET ?",
+            f"SELECT r.id, {score}, COUNT(*) OVER (){''.join(keys)} {base}"
+            f" ORDER BY {', '.join(order_terms)} LIMIT ? OFFSET ?",
             [*key_params, *params, limit, offset],
         ).fetchall()
+        if rows:
+            total = rows[0][2]
+        else:  # no row to carry the total: nothing matched, or the offset is past the end
+            total = self.conn.execute(f"SELECT COUNT(*) {base}", params).fetchone()[0]
         items = [SearchResponseItem(record_id=UUID(row[0]), score=row[1]) for row in rows]
         return SearchResponses(items=items, total=total)
 

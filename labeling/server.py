@@ -260,6 +260,12 @@ def _write_state(home: Path, state: dict) -> None:
     os.replace(tmp, run / "stack.json")
 
 
+def _sqlite_driver() -> str:
+    """The SQLAlchemy driver of Argilla's database: ``aiosqlite_inloop`` (see ``_sqlite_driver.py``), or
+    ``aiosqlite`` (Argilla's default) when ``CLEANLOOP_ARGILLA_SQLITE_DRIVER=aiosqlite``."""
+    return os.environ.get("CLEANLOOP_ARGILLA_SQLITE_DRIVER", "aiosqlite_inloop")
+
+
 def _spawn(name: str, argv: list[str], env: dict, home: Path) -> dict:
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -408,13 +414,16 @@ def up(cfg: Config, home: str | Path | None = None, *, timeout: float = 180.0) -
     env = {
         **os.environ,
         "ARGILLA_HOME_PATH": str(home_),
-        "ARGILLA_DATABASE_URL": f"sqlite+aiosqlite:///{home_ / 'argilla.db'}",
+        "ARGILLA_DATABASE_URL": f"sqlite+{_sqlite_driver()}:///{home_ / 'argilla.db'}",
         "ARGILLA_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "ARGILLA_SEARCH_ENGINE": "sqlite",
         "ARGILLA_AUTH_SECRET_KEY": _secret_key(home_),
         "HF_HUB_DISABLE_TELEMETRY": "1",  # Argilla's telemetry switch (ARGILLA_ENABLE_TELEMETRY is deprecated)
         "CLEANLOOP_SEARCH_INDEX": str(home_ / "search.sqlite"),
         "PYTHONUNBUFFERED": "1",
+        # pydantic re-checks every core schema it builds; argilla-server builds TypeAdapters per record
+        # (metadata and question settings), so this check is a large share of logging time
+        "PYDANTIC_SKIP_VALIDATING_CORE_SCHEMAS": "1",
     }
     state = {"url": _url(port), "port": port, "redis_port": redis_port, "home": str(home_), "processes": {}}
     procs = state["processes"]
