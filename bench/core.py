@@ -37,6 +37,7 @@ def bench_finetune(cfg: Config, dd) -> dict:
         "finetune": {
             **{k: res.metrics["test"][k] for k in KEYS},
             "validation_accuracy": res.metrics["validation"]["accuracy"],
+            "validation_macro_f1": res.metrics["validation"]["macro_f1"],
             "epochs": cfg.epochs,
             "learning_rate": cfg.learning_rate,
             "batch_size": cfg.batch_size,
@@ -108,9 +109,10 @@ def main() -> None:
         update_results("core", result)
     if "finetune" in parts:
         run = bench_finetune(cfg, dd)["finetune"]
-        # every run is kept; "finetune" is the run with the best validation accuracy (chosen on validation only)
+        # every run is kept; "finetune" is the run with the best validation macro F1, the metric that
+        # also picks the best epoch inside a run (chosen on validation only, never on test)
         runs = _previous("finetune_runs") + [run]
-        best = max(runs, key=lambda r: r["validation_accuracy"])
+        best = max(runs, key=lambda r: r["validation_macro_f1"])
         result.setdefault("test", {}).update({"finetune": best, "finetune_runs": runs})
         update_results("core", result)
     if "scoring" in parts:
