@@ -154,6 +154,7 @@ class ClassifierTrainer:
             report_to="none",
             seed=cfg.seed,
             dataloader_num_workers=0,
+            dataloader_pin_memory=torch.cuda.is_available(),
         )
 
         def compute_metrics(pred):
