@@ -205,11 +205,12 @@ def validate_split(
     need = [cfg.text_column] + ([cfg.label_column] if require_labels else [])
     if cfg.id_column:
         need.append(cfg.id_column)
+    option = {cfg.label_column: "--label-column", cfg.id_column: "--id-column", cfg.text_column: "--text-column"}
     for col in need:
         if col not in df.columns:
             raise CleanloopError(
                 f"{where}: column '{col}' is missing (columns: {', '.join(map(str, df.columns))}); "
-                f"fix: set the matching --{ {cfg.text_column: 'text', cfg.id_column: 'id'}.get(col, 'label')}-column"
+                f"fix: name the right column with {option[col]}"
             )
     texts = df[cfg.text_column].tolist()
     for row, t in enumerate(texts):
