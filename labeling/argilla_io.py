@@ -83,7 +83,7 @@ class ReviewRecord:
 
     id: str
     text: str
-    given_label: str
+    given_label: str | None  # None: an unlabelled example (active learning)
     suggestion: Suggestion | None = None
     label_quality: float | None = None
     loss: float | None = None
@@ -142,7 +142,9 @@ def to_argilla_record(rec: ReviewRecord):
     """An ``argilla.Record`` for a :class:`ReviewRecord` (id = example id)."""
     import argilla as rg
 
-    metadata = {"given_label": rec.given_label, "round": int(rec.round)}
+    metadata = {"round": int(rec.round)}
+    if rec.given_label is not None:
+        metadata["given_label"] = rec.given_label
     if rec.suggestion is not None:
         metadata["suggested_label"] = rec.suggestion.label
     for key in ("label_quality", "loss"):
@@ -198,7 +200,7 @@ def records_from_queue(queue, round: int, agent: str, embeddings: np.ndarray | N
     out = []
     for n, row in enumerate(queue.itertuples(index=False)):
         out.append(ReviewRecord(
-            id=str(row.id), text=str(row.text), given_label=str(row.given_label),
+            id=str(row.id), text=str(row.text), given_label=row.given_label if isinstance(row.given_label, str) else None,
             suggestion=Suggestion(str(row.suggested_label), float(row.suggested_score), agent),
             label_quality=float(row.label_quality), loss=float(row.loss), round=int(round),
             flagged_by=tuple(flagged_by), vector=tuple(np.asarray(embeddings[n], dtype=float)) if embeddings is not None else None,
@@ -264,7 +266,8 @@ def get_dataset(client, cfg: Config):
         return client.datasets(cfg.argilla_dataset, workspace=cfg.argilla_workspace)
 
 
-def ensure_dataset(client, cfg: Config, label_names: Sequence[str], vector_dim: int | None = None):
+def ensure_dataset(client, cfg: Config, label_names: Sequence[str], vector_dim: int | None = None, *,
+                   guidelines: str = GUIDELINES):
     """The review dataset ``cfg.argilla_dataset`` in ``cfg.argilla_workspace``, created when missing.
 
     An existing dataset must ask for the same labels (and vector size).
@@ -278,7 +281,7 @@ def ensure_dataset(client, cfg: Config, label_names: Sequence[str], vector_dim: 
                 f"Argilla workspace {cfg.argilla_workspace!r} does not exist at {cfg.argilla_url}; "
                 "fix: create it (the embedded server's 'argilla up' does) or pass --argilla-workspace"
             )
-        settings = dataset_settings(label_names, vector_dim, client=client)
+        settings = dataset_settings(label_names, vector_dim, client=client, guidelines=guidelines)
         return rg.Dataset(cfg.argilla_dataset, workspace=cfg.argilla_workspace, settings=settings,
                           client=client).create()
     have = list(dataset.settings.questions[QUESTION].labels)

@@ -26,7 +26,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -215,15 +215,19 @@ def agent_name(cfg: Config, rnd: int) -> str:
     return f"cleanloop-{__version__}/{cfg.method}/{Path(resolve_model_name(cfg.base_model)).name}/round-{rnd}"
 
 
-def push_step(client, cfg: Config, queue, embeddings, label_names: list[str], rnd: int, skip_ids: set[str]) -> list[str]:
-    """Push the queue to the review dataset (created if needed); returns the ids pushed."""
+def push_step(client, cfg: Config, queue, embeddings, label_names: list[str], rnd: int, skip_ids: set[str], *,
+              flagged_by: tuple[str, ...] = ("cleanlab",), guidelines: str | None = None) -> list[str]:
+    """Push the queue to the review dataset (created if needed); returns the ids pushed.
+
+    flagged_by: what chose the records (metadata); guidelines: for a new dataset (default: the review's).
+    """
     from cleanloop.labeling import argilla_io as aio
 
     if len(queue) == 0:
         return []
     dim = int(embeddings.shape[1]) if embeddings is not None else None
-    dataset = aio.ensure_dataset(client, cfg, label_names, dim)
-    records = aio.records_from_queue(queue, rnd, agent_name(cfg, rnd), embeddings)
+    dataset = aio.ensure_dataset(client, cfg, label_names, dim, guidelines=guidelines or aio.GUIDELINES)
+    records = aio.records_from_queue(queue, rnd, agent_name(cfg, rnd), embeddings, flagged_by)
     return aio.push(client, dataset, records, skip_ids)
 
 
@@ -237,7 +241,7 @@ def pull_step(client, cfg: Config, journal: Journal, original_train, rnd: int):
             f"no Argilla dataset {cfg.argilla_dataset!r} in workspace {cfg.argilla_workspace!r}; fix: push first"
         )
     names = original_train.features["label"].names
-    old = {i: names[lbl] for i, lbl in zip(original_train["id"], original_train["label"])}
+    old = {i: names[lbl] if lbl >= 0 else "" for i, lbl in zip(original_train["id"], original_train["label"])}  # -1: unlabelled
     responses = aio.pull(client, dataset)
     unknown = sorted({r.example_id for r in responses if r.example_id not in old})
     if unknown:
@@ -315,6 +319,63 @@ def _version(original, journal: Journal, cfg: Config, rnd: int):
     return load_version(path)[0]
 
 
+def lazy_client(cfg: Config, home: str | Path | None = None, client=None) -> Callable[[], object]:
+    """A function returning ``client``, connecting (:func:`argilla_io.connect`) on first use only, so a
+    loop resumed past its Argilla steps needs no server."""
+    box = [client]
+
+    def get():
+        if box[0] is None:
+            from cleanloop.labeling import argilla_io as aio
+
+            box[0] = aio.connect(cfg, home)
+        return box[0]
+
+    return get
+
+
+def run_rounds(state: LoopState, state_file: Path, rounds: int, steps: Sequence[str],
+               begin_round: Callable[[int, dict], Callable[[str], None]], final: Callable[[], dict] | None = None,
+               on_step: Callable[[int, str, dict], None] | None = None, name: str = "loop") -> LoopState:
+    """The resumable skeleton of a round-based loop (the review loop and the active-learning loop).
+
+    For each round up to ``rounds``: ``begin_round(round, result)`` returns ``do(step)``, which runs
+    one step and records what it did in ``result`` (the round's dict in the state); each step runs
+    only when not done yet and is checkpointed (``state_file``, temp + rename) right after it
+    finished, then ``on_step(round, step, result)``. After the last round, ``final()`` (if given)
+    returns the final result; ``on_step(rounds + 1, "final", state.final)``.
+    """
+    while state.round <= rounds:
+        rnd = state.round
+        if state.finished:  # run again with more rounds: new rounds, then a new final result
+            state.finished, state.final = False, {}
+        res = state.result(rnd)
+        do = begin_round(rnd, res)
+        for step in steps:
+            if step in state.done:
+                continue
+            t0 = time.perf_counter()
+            do(step)
+            res.setdefault("step_seconds", {})[step] = round(time.perf_counter() - t0, 2)
+            state.done.append(step)
+            state.save(state_file)
+            log.info("%s round %s: %s done", name, rnd, step)
+            if on_step:
+                on_step(rnd, step, res)
+        state.round, state.done = rnd + 1, []
+        state.save(state_file)
+    if not state.finished:
+        t0 = time.perf_counter()
+        state.final = final() if final else {}
+        if state.final:
+            state.final["step_seconds"] = {"train": round(time.perf_counter() - t0, 2)}
+        state.finished = True
+        state.save(state_file)
+        if on_step:
+            on_step(rounds + 1, "final", state.final)
+    return state
+
+
 def run_loop(cfg: Config, opts: LoopOptions, *, client=None, home: str | Path | None = None,
              display: Callable[[int, int], None] | None = None,
              on_step: Callable[[int, str, dict], None] | None = None) -> LoopState:
@@ -335,77 +396,55 @@ def run_loop(cfg: Config, opts: LoopOptions, *, client=None, home: str | Path | 
     original = load_data(cfg)
     names = original["train"].features["label"].names
     journal = Journal(journal_path(cfg))
+    connected = lazy_client(cfg, home, client)
+
+    def begin_round(rnd: int, res: dict) -> Callable[[str], None]:
+        rcfg = round_config(cfg, rnd)
+        _share_cache(cfg, rcfg)
+        train_dd = training_view(_version(original, journal, cfg, rnd - 1))
+
+        def do(step: str) -> None:
+            if step == "train":
+                res.update(train_step(rcfg, train_dd))
+            elif step == "flag":
+                fr = flag_step(rcfg, train_dd["train"], max_review, journal.reviewed_ids())
+                res.update(flagged=int(fr.scores["is_issue"].sum()), queued=len(fr.queue))
+            elif step == "push":
+                import pandas as pd
+
+                flags = rcfg.workpath / "flags"
+                queue = pd.read_parquet(flags / "review_queue.parquet")
+                emb_file = flags / "queue_embeddings.npy"
+                emb = np.load(emb_file) if emb_file.exists() and len(queue) else None
+                res["pushed_ids"] = push_step(connected(), cfg, queue, emb, names, rnd, journal.reviewed_ids())
+                res["pushed"] = len(res["pushed_ids"])
+            elif step == "wait":
+                waker = aio.ReviewWaker(connected()).start() if opts.webhooks and res.get("pushed_ids") else None
+                try:
+                    res["answered"] = wait_for_reviews(
+                        connected(), cfg, res.get("pushed_ids", []), opts.min_reviewed, opts.review_timeout,
+                        opts.poll_seconds, display, waker.event if waker else None)
+                finally:
+                    if waker:
+                        waker.stop()
+            elif step == "pull":
+                pulled = pull_step(connected(), cfg, journal, original["train"], rnd)
+                res["new_votes_last_pull"] = pulled.new_votes
+                res.update(round_stats(journal, rnd))
+            elif step == "apply":
+                path = write_version(original, journal, versions_root(cfg), rnd)
+                res["version"] = str(path)
+                res.update(round_stats(journal, rnd))
+
+        return do
+
+    def final() -> dict:
+        fcfg = round_config(cfg, "final")
+        _share_cache(cfg, fcfg)
+        return {"round": "final", **train_step(fcfg, training_view(_version(original, journal, cfg, opts.rounds)))}
+
     try:
-        def connected():
-            nonlocal client
-            if client is None:
-                client = aio.connect(cfg, home)
-            return client
-
-        def checkpoint(rnd, step, result):
-            state.done.append(step)
-            state.save(state_file)
-            log.info("round %s: %s done", rnd, step)
-            if on_step:
-                on_step(rnd, step, result)
-
-        while state.round <= opts.rounds:
-            rnd = state.round
-            if state.finished:  # run again with more --rounds: new rounds, then a new final model
-                state.finished, state.final = False, {}
-            rcfg = round_config(cfg, rnd)
-            _share_cache(cfg, rcfg)
-            res = state.result(rnd)
-            train_dd = training_view(_version(original, journal, cfg, rnd - 1))
-            for step in STEPS:
-                if step in state.done:
-                    continue
-                t0 = time.perf_counter()
-                if step == "train":
-                    res.update(train_step(rcfg, train_dd))
-                elif step == "flag":
-                    fr = flag_step(rcfg, train_dd["train"], max_review, journal.reviewed_ids())
-                    res.update(flagged=int(fr.scores["is_issue"].sum()), queued=len(fr.queue))
-                elif step == "push":
-                    import pandas as pd
-
-                    flags = rcfg.workpath / "flags"
-                    queue = pd.read_parquet(flags / "review_queue.parquet")
-                    emb_file = flags / "queue_embeddings.npy"
-                    emb = np.load(emb_file) if emb_file.exists() and len(queue) else None
-                    res["pushed_ids"] = push_step(connected(), cfg, queue, emb, names, rnd, journal.reviewed_ids())
-                    res["pushed"] = len(res["pushed_ids"])
-                elif step == "wait":
-                    waker = aio.ReviewWaker(connected()).start() if opts.webhooks and res.get("pushed_ids") else None
-                    try:
-                        res["answered"] = wait_for_reviews(
-                            connected(), cfg, res.get("pushed_ids", []), opts.min_reviewed, opts.review_timeout,
-                            opts.poll_seconds, display, waker.event if waker else None)
-                    finally:
-                        if waker:
-                            waker.stop()
-                elif step == "pull":
-                    pulled = pull_step(connected(), cfg, journal, original["train"], rnd)
-                    res["new_votes_last_pull"] = pulled.new_votes
-                    res.update(round_stats(journal, rnd))
-                elif step == "apply":
-                    path = write_version(original, journal, versions_root(cfg), rnd)
-                    res["version"] = str(path)
-                    res.update(round_stats(journal, rnd))
-                res.setdefault("step_seconds", {})[step] = round(time.perf_counter() - t0, 2)
-                checkpoint(rnd, step, res)
-            state.round, state.done = rnd + 1, []
-            state.save(state_file)
-        if not state.finished:
-            t0 = time.perf_counter()
-            fcfg = round_config(cfg, "final")
-            _share_cache(cfg, fcfg)
-            state.final = {"round": "final", **train_step(fcfg, training_view(_version(original, journal, cfg, opts.rounds)))}
-            state.final["step_seconds"] = {"train": round(time.perf_counter() - t0, 2)}
-            state.finished = True
-            state.save(state_file)
-            if on_step:
-                on_step(opts.rounds + 1, "final", state.final)
+        run_rounds(state, state_file, opts.rounds, STEPS, begin_round, final, on_step)
         write_history(cfg, state)
         return state
     finally:

@@ -57,10 +57,10 @@ def apply_decisions(dd, decisions: Mapping[str, Decision]):
             d = decisions.get(ex_id)
             source = "original"
             if d is not None and d.action in ("corrected", "removed"):
-                if d.old_label != names[label]:
+                if d.old_label != (names[label] if label >= 0 else ""):  # -1: unlabelled (active learning)
                     raise CleanloopError(
                         f"journal says example {ex_id!r} had label {d.old_label!r}, but the original data has "
-                        f"{names[label]!r}; fix: apply the journal to the data it was made on"
+                        f"{names[label] if label >= 0 else 'none'!r}; fix: apply the journal to the data it was made on"
                     )
                 if d.action == "corrected":
                     if d.new_label not in index:

@@ -13,6 +13,7 @@ import sys
 
 import click
 
+from cleanloop.cli import active  # noqa: F401
 from cleanloop.cli import argilla  # noqa: F401  (registers commands)
 from cleanloop.cli import core  # noqa: F401  (registers commands)
 from cleanloop.cli import flag  # noqa: F401

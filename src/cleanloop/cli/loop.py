@@ -121,15 +121,49 @@ def export(cfg: Config, to_dir, repo_id, private, keep_removed, version_path, mo
             click.echo(f"model pushed to https://huggingface.co/{ex.push_model_to_hub(folder, model_hub, private=private)}")
 
 
+class ReviewProgress:
+    """The wait step's display(done, target): a progress bar, or one line per change when non-interactive."""
+
+    def __init__(self, non_interactive: bool):
+        self.non_interactive = non_interactive
+        self.bar = None
+        self.last = -1
+
+    def __call__(self, done: int, target: int) -> None:
+        if self.non_interactive:
+            if done != self.last:
+                click.echo(f"reviews: {done}/{target} answered")
+                self.last = done
+            return
+        from tqdm.auto import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=target, desc="waiting for reviews", unit="rec")
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.last = -1
+
+
+def review_wait_options(func):
+    """--min-reviewed, --review-timeout, --poll-seconds: how a loop waits for the annotators."""
+    func = click.option("--poll-seconds", type=float, default=5.0, show_default=True,
+                        help="How often to ask Argilla.")(func)
+    func = click.option("--review-timeout", type=float, default=3600.0, show_default=True,
+                        help="Seconds to wait for answers; then go on with those there are.")(func)
+    return click.option("--min-reviewed", type=int, default=0, show_default=True,
+                        help="Go on once this many pushed records are answered (0: all of them).")(func)
+
+
 @app.command("retrain-loop")
 @config_options
 @_home_option
 @click.option("--rounds", type=int, default=1, show_default=True, help="Review rounds before the final retrain.")
-@click.option("--min-reviewed", type=int, default=0, show_default=True,
-              help="Go on once this many pushed records are answered (0: all of them).")
-@click.option("--review-timeout", type=float, default=3600.0, show_default=True,
-              help="Seconds to wait for answers; then go on with those there are.")
-@click.option("--poll-seconds", type=float, default=5.0, show_default=True, help="How often to ask Argilla.")
+@review_wait_options
 @click.option("--webhooks", is_flag=True,
               help="Also be woken by Argilla webhooks (listener on 127.0.0.1; for a server on this machine).")
 @click.option("--non-interactive", is_flag=True, help="No progress bar: one log line per change (CI).")
@@ -143,25 +177,11 @@ def retrain_loop(cfg: Config, home, rounds, min_reviewed, review_timeout, poll_s
 
     opts = LoopOptions(rounds=rounds, min_reviewed=min_reviewed, review_timeout=review_timeout,
                        poll_seconds=poll_seconds, interactive=not non_interactive, webhooks=webhooks)
-    bar = {}
-    last = [-1]
-
-    def display(done: int, target: int) -> None:
-        if non_interactive:
-            if done != last[0]:
-                click.echo(f"reviews: {done}/{target} answered")
-                last[0] = done
-            return
-        from tqdm.auto import tqdm
-
-        if "bar" not in bar:
-            bar["bar"] = tqdm(total=target, desc="waiting for reviews", unit="rec")
-        bar["bar"].n = done
-        bar["bar"].refresh()
+    display = ReviewProgress(non_interactive)
 
     def on_step(rnd, step, res):
-        if step == "wait" and "bar" in bar:
-            bar.pop("bar").close()
+        if step == "wait":
+            display.close()
         msg = {"train": lambda: f"trained on {res.get('train_examples')} examples: test accuracy "
                                 f"{res.get('test_accuracy', float('nan')):.2%}, macro F1 {res.get('test_macro_f1', float('nan')):.3f}",
                "flag": lambda: f"flagged {res.get('flagged')}, queued {res.get('queued')}",
