@@ -75,7 +75,7 @@ _MAX_TERMS = 2**14  # ES terms aggregation bucket cap used by Argilla
 _DATE_PROPERTIES = ("inserted_at", "updated_at")
 _SUGGESTION_PROPERTIES = ("value", "score", "agent", "type")
 
-_SCHEMA = f"""
+_SCHEMA = """
 PRAGMA journal_mode = WAL;
 CREATE TABLE IF NOT EXISTS datasets (id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS records (

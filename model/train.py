@@ -258,7 +258,7 @@ class ClassifierTrainer:
             if split in dd:
                 eval_probs[split] = (y[split], _full_proba(head, feats[split], len(names)))
                 dummy_probs[split] = (y[split], _full_proba(dummy, feats[split], len(names)))
-        metrics, pngs = evaluate_splits(eval_probs, names, tmp, f"features + logistic regression")
+        metrics, pngs = evaluate_splits(eval_probs, names, tmp, "features + logistic regression")
         dummy_metrics, _ = evaluate_splits(dummy_probs, names, tmp / "dummy", "most frequent class")
         shutil.rmtree(tmp / "dummy")
         metrics["dummy"] = {s: {k: m[k] for k in ("accuracy", "macro_f1", "weighted_f1")} for s, m in dummy_metrics.items()}
