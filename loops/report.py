@@ -104,7 +104,8 @@ def write_report(
     counts = flag_counts(scores, label_names)
     plot_flag_matrix(scores, label_names, outdir / "flag_matrix.png")
     top = scores.head(20)[["rank", "id", "given_label", "suggested_label", "suggested_score", "suspicion", "text"]]
-    top = top.assign(suggested_score=top["suggested_score"].round(3), suspicion=top["suspicion"].round(3))
+    top = top.assign(suggested_score=top["suggested_score"].map("{:.3f}".format),
+                     suspicion=top["suspicion"].map("{:.3f}".format))
     lines = [
         "# cleanloop flagging report",
         "",
@@ -123,7 +124,7 @@ def write_report(
         "",
         "## Most confident examples per class (look for shortcuts)",
         "",
-        _md_table(confident[["given_label", "loss", "text"]].assign(loss=confident["loss"].round(4))),
+        _md_table(confident[["given_label", "loss", "text"]].assign(loss=confident["loss"].map("{:.4f}".format))),
     ]
     if embeddings is not None:
         xy = embedding_map(embeddings, seed)

@@ -37,7 +37,8 @@ def judging_probs(cfg: Config, train_ds) -> tuple[np.ndarray, np.ndarray | None,
                 f"{path} was recorded on another version of the train split (ids or labels differ); "
                 "fix: run 'cleanloop train' on this data first"
             )
-        return dynamics_probs(dyn["probs"]), None, f"training dynamics of {path.parent} ({len(dyn['probs'])} epochs)"
+        source = f"training dynamics of {path.parent} ({len(dyn['probs'])} epoch records)"
+        return dynamics_probs(dyn["probs"]), None, source
     cache = cfg.workpath / "cache" / f"oof-{cfg.method}-{cfg.folds}-{_version_key(cfg, train_ds)}.npy"
     if cache.exists():
         probs = np.load(cache)
