@@ -10,7 +10,6 @@ offline default for ``dair-ai/emotion``.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import socket
@@ -151,11 +150,6 @@ def read_source(cfg: Config) -> dict[str, RawSplit]:
             f"cannot load '{src}' from the Hugging Face Hub ({type(exc).__name__}: {str(exc)[:200]}); "
             "fix: check the name and your network, or point --dataset at local files"
         ) from None
-
-
-def content_id(text: str) -> str:
-    """A stable id from the text alone, for sources with no id and no meaningful order."""
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _is_missing(v: Any) -> bool:
