@@ -12,12 +12,22 @@ Models (``--model``):
                    computed once for the pool and the test split (minutes)
 
     python bench/active.py                       # the full grid -> bench/results/active.json + .png
+    python bench/active.py --strategies random,margin,diversity --seeds 0 --pool-size 6000 --growth 0.25 \
+        --stop-at-target --min-train-examples 3000   # what fits in ~2 CPU hours (see the settings in the JSON)
     python bench/active.py --model logreg        # fast path
     python bench/active.py --strategies random,margin --seeds 0 --max-labels 128 --model logreg \\
         --pool-size 2000 --test-size 500 --output /tmp/active.json      # a smoke run
 
+``--growth g`` makes each batch max(--batch, g x labels so far, rounded to 64): fewer retrainings for
+the same label range (the CPU budget), coarser curves. ``--stop-at-target`` ends a curve at its first
+step at or above the target. ``--min-train-examples`` raises the fine-tuning epochs on small labelled
+sets so that every fine-tune sees at least that many examples (a few hundred labels x 4 epochs is
+too few optimizer steps).
+
 Writes ``{"target_accuracy", "labels_to_target": {strategy: n or null}, "curves": {...}}`` (labels to
-target from the seed-mean curve; null when never reached) and the learning curves as a PNG next to it.
+target: a seed's first step at or above the target, averaged over seeds; null when a seed never
+reached it) and the learning curves as a PNG next to it. The JSON is rewritten after every finished
+curve, so an interrupted run keeps what it measured.
 """
 
 from __future__ import annotations
@@ -51,10 +61,11 @@ def simulate(strategy_name: str, seed: int, data: dict, args, workdir: Path) -> 
     votes = np.zeros(len(gold), dtype=int)  # labels the simulated annotator gave each pool example
     votes[seed_indices(gold, args.seed_per_class, rng)] = 1
     opts = ActiveOptions(setfit_iterations=args.setfit_iterations, switch_per_class=args.switch_per_class)
-    cfg = Config(workdir=str(workdir), seed=seed, max_length=64, epochs=args.epochs)
     curve = []
     while True:
         lab = np.flatnonzero(votes > 0)
+        cfg = Config(workdir=str(workdir), seed=seed, max_length=64,
+                     epochs=max(args.epochs, args.min_train_examples / len(lab)))
         kind = "logreg" if args.model == "logreg" else learner_kind(gold[lab], len(names), args.switch_per_class)
         learner = {"logreg": lambda: EmbeddingLogReg(data["embed"], seed),
                    "setfit": lambda: SetFitLearner(opts, seed),
@@ -66,7 +77,7 @@ def simulate(strategy_name: str, seed: int, data: dict, args, workdir: Path) -> 
         curve.append({"labels": spent, "model": kind, **metrics, "seconds": round(time.perf_counter() - t0, 2)})
         print(f"  {strategy_name:16s} seed {seed}  {spent:5d} labels  {kind:8s}  accuracy {metrics['test_accuracy']:.3f}"
               f"  macro F1 {metrics['test_macro_f1']:.3f}", flush=True)
-        if spent >= args.max_labels:
+        if spent >= args.max_labels or (args.stop_at_target and metrics["test_accuracy"] >= args.target):
             return curve
         annotations = None
         if strategy.relabels:  # every vote is the gold label; one column per vote
@@ -74,20 +85,30 @@ def simulate(strategy_name: str, seed: int, data: dict, args, workdir: Path) -> 
             for k in range(annotations.shape[1]):
                 annotations[votes > k, k] = gold[votes > k]
         pool = Pool(probs, votes > 0, data["pool_embeddings"], annotations)
-        idx = strategy.query(pool, min(args.batch, args.max_labels - spent), rng)
+        idx = strategy.query(pool, min(next_batch(spent, args.batch, args.growth), args.max_labels - spent), rng)
         votes[idx] += 1
 
 
+def next_batch(spent: int, batch: int, growth: float) -> int:
+    """Labels to add after ``spent``: ``batch``, or ``growth`` x spent rounded to 64 when larger.
+
+    >>> [next_batch(n, 64, 0.0) for n in (48, 1000)], [next_batch(n, 64, 0.25) for n in (48, 384, 1000)]
+    ([64, 64], [64, 128, 256])
+    """
+    return max(batch, int(round(growth * spent / 64)) * 64)
+
+
 def summarise(curves: dict, target: float) -> tuple[dict, dict]:
-    """Seed-mean curves per strategy and the labels at which each mean curve first reaches ``target``."""
+    """Seed-mean curves per strategy (over the steps every seed ran) and the labels to ``target``:
+    each seed's first step at or above it, averaged over seeds; None when a seed never reached it."""
     out, to_target = {}, {}
     for name, runs in curves.items():
         steps = min(len(r) for r in runs.values())
         acc = np.array([[s["test_accuracy"] for s in r[:steps]] for r in runs.values()])
         f1 = np.array([[s["test_macro_f1"] for s in r[:steps]] for r in runs.values()])
         labels = [s["labels"] for s in next(iter(runs.values()))[:steps]]
-        reached = [n for n, a in zip(labels, acc.mean(0)) if a >= target]
-        to_target[name] = reached[0] if reached else None
+        firsts = [next((s["labels"] for s in r if s["test_accuracy"] >= target), None) for r in runs.values()]
+        to_target[name] = None if None in firsts else int(round(np.mean(firsts)))
         out[name] = {"labels": labels, "accuracy_mean": acc.mean(0).round(4).tolist(),
                      "accuracy_std": acc.std(0).round(4).tolist(), "macro_f1_mean": f1.mean(0).round(4).tolist(),
                      "macro_f1_std": f1.std(0).round(4).tolist(), "per_seed": runs}
@@ -152,6 +173,10 @@ def main() -> None:
     ap.add_argument("--switch-per-class", type=int, default=64)
     ap.add_argument("--setfit-iterations", type=int, default=5)
     ap.add_argument("--epochs", type=float, default=4.0, help="Fine-tuning epochs after the switch.")
+    ap.add_argument("--min-train-examples", type=int, default=0,
+                    help="Raise the fine-tuning epochs so each fine-tune sees at least this many examples.")
+    ap.add_argument("--growth", type=float, default=0.0, help="Batch = max(--batch, growth x labels so far).")
+    ap.add_argument("--stop-at-target", action="store_true", help="End each curve once it reaches --target.")
     ap.add_argument("--target", type=float, default=TARGET)
     ap.add_argument("--pool-size", type=int, default=0, help="Stratified sample of the train split as the pool (0: all).")
     ap.add_argument("--test-size", type=int, default=0, help="Random sample of the test split (0: all 2,000).")
@@ -170,24 +195,33 @@ def main() -> None:
     data = load(args, workdir)
     print(f"pool {len(data['pool_texts']):,}, test {len(data['test_texts']):,}, embedded in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
-    raw = {name: {str(seed): simulate(name, seed, data, args, workdir) for seed in seeds} for name in names}
-    curves, to_target = summarise(raw, args.target)
-    result = {
-        "target_accuracy": args.target,
-        "labels_to_target": to_target,
-        "curves": curves,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("workdir", "output")} |
-                    {"pool": len(data["pool_texts"]), "test": len(data["test_texts"])},
-        "reference_finetune_random": REFERENCE_FINETUNE_RANDOM,
-        "seconds": round(time.perf_counter() - t0, 1),
-        "machine": machine(),
-    }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, output)
-    plot(curves, args.target, f"active learning on emotion ({args.model}; pool {len(data['pool_texts']):,}, "
-                              f"test {len(data['test_texts']):,}, seeds {args.seeds})", output.with_suffix(".png"))
+    raw: dict = {}
+
+    def write() -> tuple[dict, dict]:
+        curves, to_target = summarise(raw, args.target)
+        result = {
+            "target_accuracy": args.target,
+            "labels_to_target": to_target,
+            "curves": curves,
+            "settings": {k: v for k, v in vars(args).items() if k not in ("workdir", "output")} |
+                        {"pool": len(data["pool_texts"]), "test": len(data["test_texts"])},
+            "reference_finetune_random": REFERENCE_FINETUNE_RANDOM,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "machine": machine(),
+        }
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(output.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, output)
+        plot(curves, args.target, f"active learning on emotion ({args.model}; pool {len(data['pool_texts']):,}, "
+                                  f"test {len(data['test_texts']):,}, seeds {args.seeds})", output.with_suffix(".png"))
+        return curves, to_target
+
+    for name in names:
+        for seed in seeds:
+            raw.setdefault(name, {})[str(seed)] = simulate(name, seed, data, args, workdir)
+            if len(raw[name]) == len(seeds):
+                curves, to_target = write()
     random_n = to_target.get("random")
     print(f"\nlabels to {args.target:.0%} test accuracy (seed mean):")
     for name, n in to_target.items():

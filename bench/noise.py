@@ -79,6 +79,7 @@ def evaluate_path(noisy: np.ndarray, probs: np.ndarray, is_error: np.ndarray, se
         "flag_recall": round(float(flagged[is_error].mean()), 4),
         "flagged": int(flagged.sum()),
         "seconds": round(seconds, 1),
+        "noise_structure": round(table.attrs["noise_structure"], 3),
     }
     scores = {m: 1 - table[m].to_numpy() for m in signals.QUALITY_METHODS}
     scores["noise_aware"] = 1 - table["noise_aware"].to_numpy()

@@ -14,10 +14,19 @@ import pandas as pd
 
 from cleanloop.loops import signals
 
-# The suspicion score: 1 - mean of these label-quality scores. Chosen on bench/noise.py: on the
-# class-conditional 10% setting (training dynamics) normalized margin alone has AP 0.926, the
-# noise-aware posterior 0.950, their mean 0.953; self-confidence (= loss order) 0.889.
-SUSPICION_WEIGHTS = {"noise_aware": 1.0, "normalized_margin": 1.0}
+
+
+def suspicion_weights(structure: float) -> dict[str, float]:
+    """The suspicion score's weights for a noise structure in [0, 1] (:func:`signals.noise_structure`).
+
+    Chosen on bench/noise.py. With patterned errors (class-conditional 10%, training dynamics)
+    normalized margin (AP 0.926) and the noise-aware posterior (0.950) lead and their mean reaches
+    0.953, while self-confidence (= loss order) has 0.889. With uniform errors self-confidence
+    leads (0.979) and the other two trail (0.972-0.974). So: the noise-aware posterior always
+    (its noise matrix shrunk toward uniform by the same structure), plus normalized margin as
+    far as the errors show a pattern and self-confidence for the rest.
+    """
+    return {"noise_aware": 1.0, "normalized_margin": structure, "self_confidence": 1.0 - structure}
 
 
 def signal_table(
@@ -33,14 +42,19 @@ def signal_table(
     epochs of one training run (training dynamics).
     Columns: the three cleanlab label-quality scores and ``noise_aware`` (lower = worse), ``loss``
     (higher = worse), ``is_issue`` (cleanlab's confident-learning mask with
-    ``filter_by``) and ``suspicion`` in [0, 1] (higher = worse).
+    ``filter_by``) and ``suspicion`` in [0, 1] (higher = worse; weights: ``weights``, default
+    :func:`suspicion_weights` of the estimated noise structure). ``table.attrs["noise_structure"]``
+    holds that structure.
     """
     labels, probs = signals.check_inputs(labels, pred_probs)
     table = pd.DataFrame({m: signals.label_quality(labels, probs, m) for m in signals.QUALITY_METHODS})
-    table["noise_aware"] = signals.noise_aware_quality(labels, probs)
+    noise = signals.noise_matrix(labels, probs)
+    structure = signals.noise_structure(noise)
+    table["noise_aware"] = signals.noise_aware_quality(labels, probs, signals.shrink_to_uniform(noise, structure))
     table["loss"] = signals.loss(labels, probs)
     table["is_issue"] = signals.find_issues(labels, probs, filter_by)
-    weights = weights or SUSPICION_WEIGHTS
+    table.attrs["noise_structure"] = structure
+    weights = weights or suspicion_weights(structure)
     table["suspicion"] = signals.suspicion({k: table[k].to_numpy() for k in weights}, weights)
     return table
 

@@ -5,7 +5,7 @@ import pytest
 from cleanlab.filter import find_label_issues
 
 from cleanloop.errors import CleanloopError
-from cleanloop.loops import signals
+from cleanloop.loops import flag, signals
 from cleanloop.loops.flag import confident_examples, review_queue, scores_table, signal_table
 from cleanloop.loops.oof import oof_logreg
 
@@ -68,6 +68,32 @@ def test_suspicion_beats_chance_and_loss_agrees_with_probs(data):
     table = signal_table(noisy, probs)
     np.testing.assert_allclose(table["loss"], -np.log(probs[np.arange(len(noisy)), noisy]), rtol=1e-6)
     assert table["suspicion"].to_numpy()[flipped].min() > np.median(table["suspicion"])
+
+
+def test_noise_structure_tells_patterned_from_uniform_errors():
+    partner = np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0], [0.0, 0.0, 1.0]])  # 0 <-> 1 swaps only
+    spread = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
+    assert signals.noise_structure(partner) == 1.0 and signals.noise_structure(spread) == 0.0
+    half = signals.noise_structure(np.array([[0.8, 0.15, 0.05], [0.15, 0.8, 0.05], [0.05, 0.05, 0.9]]))
+    assert 0 < half < 1
+    shrunk = signals.shrink_to_uniform(partner, 0.0)
+    np.testing.assert_allclose(np.diag(shrunk), np.diag(partner))
+    np.testing.assert_allclose(shrunk[:, 0], [0.9, 0.05, 0.05])
+    np.testing.assert_allclose(signals.shrink_to_uniform(partner, 1.0), partner)
+
+
+def test_suspicion_follows_the_noise_pattern():
+    # two "1" labels the model doubts alike, one leaning to 0, one to 2; true 0s get labelled 1 in
+    # this data, true 2s never: the one leaning to 0 is the more suspicious
+    labels = np.array([1, 1, 0, 2])
+    probs = np.array([[0.6, 0.3, 0.1], [0.1, 0.3, 0.6], [0.8, 0.1, 0.1], [0.1, 0.1, 0.8]])
+    partner = np.array([[0.8, 0.2, 0.2], [0.2, 0.8, 0.0], [0.0, 0.0, 0.8]])  # T[given, true]
+    q = signals.noise_aware_quality(labels, probs, partner)
+    assert q[0] < q[1]
+    uniform = signals.noise_aware_quality(labels, probs, signals.shrink_to_uniform(partner, 0.0))
+    assert uniform[0] == pytest.approx(uniform[1])  # no pattern: only p(given) counts, as self-confidence
+    assert flag.suspicion_weights(1.0) == {"noise_aware": 1.0, "normalized_margin": 1.0, "self_confidence": 0.0}
+    assert flag.suspicion_weights(0.0)["normalized_margin"] == 0.0
 
 
 def test_dynamics_average_and_area_under_margin():
