@@ -77,3 +77,42 @@ def test_a_locked_database_waits_off_the_event_loop(tmp_path):
 
     waited = asyncio.run(main())
     assert 0.2 < waited < 10
+
+
+def test_json_columns_read_back_as_with_the_standard_library(tmp_path):
+    import json
+    import math
+
+    from sqlalchemy import JSON
+
+    class Doc(Base):
+        __tablename__ = "doc"
+        id = Column(Integer, primary_key=True)
+        value = Column(JSON)
+
+    values = [
+        {"text": "café 😀", "vector": [0.1, -2.5e-07, 3.0], "n": 2**40},
+        {"loss": float("nan"), "none": None},  # orjson would write NaN as null
+        {1: "int key"},  # orjson refuses non-string keys
+        [2**70],  # beyond orjson's 64-bit integers
+    ]
+
+    async def main():
+        engine = _engine(tmp_path / "db.sqlite")
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        sessions = async_sessionmaker(engine, expire_on_commit=False)
+        async with sessions() as db:
+            db.add_all([Doc(id=i, value=v) for i, v in enumerate(values)])
+            await db.commit()
+        async with sessions() as db:
+            rows = (await db.execute(select(Doc).order_by(Doc.id))).scalars().all()
+            out = [r.value for r in rows]
+        await engine.dispose()
+        return out
+
+    out = asyncio.run(main())
+    expected = [json.loads(json.dumps(v)) for v in values]
+    assert out[0] == expected[0] and out[2] == expected[2] == {"1": "int key"} and out[3] == expected[3]
+    assert math.isnan(out[1]["loss"]) and out[1]["none"] is None
+    assert _sqlite_driver.json_loads("[NaN]")[0] != _sqlite_driver.json_loads("[NaN]")[0]  # NaN, not an error
