@@ -27,7 +27,10 @@ too few optimizer steps).
 Writes ``{"target_accuracy", "labels_to_target": {strategy: n or null}, "curves": {...}}`` (labels to
 target: a seed's first step at or above the target, averaged over seeds; null when a seed never
 reached it) and the learning curves as a PNG next to it. The JSON is rewritten after every finished
-curve, so an interrupted run keeps what it measured.
+strategy, so an interrupted run keeps what it measured. Strategies run in separate processes (one
+per core) combine with ``--merge``::
+
+    python bench/active.py --merge margin.json random.json     # -> --output (+ .png), nothing trained
 """
 
 from __future__ import annotations
@@ -143,6 +146,37 @@ def plot(curves: dict, target: float, title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def write_result(result: dict, curves: dict, output: Path, title: str) -> None:
+    """The JSON (temp file + rename) and the learning-curve PNG next to it."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, output)
+    plot(curves, result["target_accuracy"], title, output.with_suffix(".png"))
+
+
+def merge(paths: list[Path], output: Path) -> None:
+    """One result from runs of different strategies with the same settings (their per-seed curves)."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    keys = ("model", "seed_per_class", "batch", "growth", "max_labels", "switch_per_class", "epochs",
+            "min_train_examples", "pool", "test", "target")
+    differ = [k for k in keys if len({json.dumps(r["settings"].get(k)) for r in runs}) > 1]
+    if differ:
+        raise SystemExit(f"cannot merge runs whose settings differ in {differ}")
+    raw = {name: c["per_seed"] for r in runs for name, c in r["curves"].items()}
+    curves, to_target = summarise(raw, runs[0]["target_accuracy"])
+    settings = runs[0]["settings"] | {"strategies": ",".join(raw), "merged_from": [str(p) for p in paths]}
+    result = {**runs[0], "labels_to_target": to_target, "curves": curves, "settings": settings,
+              "seconds": round(sum(r["seconds"] for r in runs), 1)}
+    write_result(result, curves, output, _title(settings))
+    print(f"labels to target: {to_target} -> {output}")
+
+
+def _title(settings: dict) -> str:
+    return (f"active learning on emotion ({settings['model']}; pool {settings['pool']:,}, test {settings['test']:,}, "
+            f"seeds {settings['seeds']})")
+
+
 def load(args, workdir: Path) -> dict:
     """Pool (train, optionally a stratified sample), test (optionally a sample), embeddings computed once."""
     cfg = Config(workdir=str(workdir), seed=0, max_train_samples=args.pool_size)
@@ -182,7 +216,10 @@ def main() -> None:
     ap.add_argument("--test-size", type=int, default=0, help="Random sample of the test split (0: all 2,000).")
     ap.add_argument("--workdir", default=str(Path(__file__).resolve().parent / "out" / "active"))
     ap.add_argument("--output", default=str(RESULTS / "active.json"), help="JSON path; the PNG goes next to it.")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="Combine the curves of earlier runs' JSON files.")
     args = ap.parse_args()
+    if args.merge:
+        return merge([Path(p) for p in args.merge], Path(args.output))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     workdir, output = Path(args.workdir), Path(args.output)
@@ -209,12 +246,7 @@ def main() -> None:
             "seconds": round(time.perf_counter() - t0, 1),
             "machine": machine(),
         }
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(output.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, output)
-        plot(curves, args.target, f"active learning on emotion ({args.model}; pool {len(data['pool_texts']):,}, "
-                                  f"test {len(data['test_texts']):,}, seeds {args.seeds})", output.with_suffix(".png"))
+        write_result(result, curves, output, _title(result["settings"]))
         return curves, to_target
 
     for name in names:
