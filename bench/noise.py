@@ -5,7 +5,9 @@ Settings: uniform noise at 5%, 10%, 20% and class-conditional noise at 10% (joy<
 fear<->surprise, anger<->sadness). Paths:
   features  - frozen MiniLM features, 5-fold out-of-fold logistic regression (all settings)
   dynamics  - one ordinary fine-tuning run on the noisy labels, probabilities at each epoch end
-              (settings in --dynamics-settings; ~15 min each on 2 CPU cores)
+              (settings in --dynamics-settings; ~15 min each on 2 CPU cores); also the ranking when
+              only the last k epoch ends are recorded (``--dynamics-epochs k``, CPU ratio from the
+              measured cost of one recording pass)
   finetune  - 5-fold out-of-fold fine-tunes (settings in --finetune-settings; 5 training runs each)
 
     python bench/noise.py                                   # features on all, dynamics on class-conditional-10
@@ -144,6 +146,20 @@ def main() -> None:
                        "suspicion_and_features": (2 * signal_table(noisy, probs)["suspicion"].to_numpy()
                                                   + 1 - feature_quality) / 3},
             )
+            # --dynamics-epochs k records only the last k epoch ends: each record is one pass over train
+            per_pass = run["dynamics_seconds"] / len(epoch_probs)
+            tradeoff = {}
+            for k in range(len(epoch_probs), 0, -1):
+                table = signal_table(noisy, signals.dynamics_probs(epoch_probs[-k:]))
+                flagged = table["is_issue"].to_numpy()
+                tradeoff[str(k)] = {
+                    **ranking_metrics(table["suspicion"].to_numpy(), is_error),
+                    "self_confidence_ap": ranking_metrics(1 - table["self_confidence"].to_numpy(), is_error)["ap"],
+                    "flag_precision": round(float(is_error[flagged].mean()), 4),
+                    "flag_recall": round(float(flagged[is_error].mean()), 4),
+                    "cpu_time_ratio_vs_plain_training": round((plain + k * per_pass) / plain, 3),
+                }
+            res["dynamics_epochs_tradeoff"] = tradeoff
             res["dynamics_run"] = {
                 "train_seconds": run["train_seconds"], "dynamics_seconds": run["dynamics_seconds"],
                 "cpu_time_ratio_vs_plain_training": round(run["train_seconds"] / plain, 3),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -178,10 +179,19 @@ class ClassifierTrainer:
         dynamics: list[np.ndarray] = []
         dynamics_seconds = [0.0]
 
+        epoch_ends = math.ceil(cfg.epochs)  # a fractional last epoch ends too
+        skip_ends = max(0, epoch_ends - cfg.dynamics_epochs) if cfg.dynamics_epochs else 0
+
         class DynamicsCallback(TrainerCallback):
-            """Record every train example's probabilities at each epoch end (training dynamics)."""
+            """Record every train example's probabilities at each epoch end (training dynamics);
+            with ``dynamics_epochs`` = k, at the last k epoch ends only."""
+
+            ends = 0
 
             def on_epoch_end(self, args, state, control, model=None, **kw):
+                self.ends += 1
+                if self.ends <= skip_ends:
+                    return
                 t0 = time.perf_counter()
                 probs = forward_batches(
                     model, tok, train_texts, classifier_step, cfg.eval_batch_size, cfg.max_length

@@ -83,6 +83,16 @@ def test_training_fits_the_training_labels_more_each_epoch(trained):
     assert given[1].mean() > given[0].mean() > 1 / 6
 
 
+def test_dynamics_of_the_last_epoch_only(trained, tmp_path):
+    cfg, dd, result = trained
+    last = ClassifierTrainer(cfg.replace(workdir=str(tmp_path), dynamics_epochs=1)).train(dd)
+    dyn = np.load(last.output_dir / "dynamics.npz")["probs"]
+    assert dyn.shape == (1, 192, 6)  # one pass instead of two
+    # the same seeded run: the one record is the full run's last one
+    np.testing.assert_allclose(dyn[0], np.load(result.output_dir / "dynamics.npz")["probs"][1], atol=1e-4)
+    assert json.loads((last.output_dir / "metrics.json").read_text())["run"]["dynamics_epochs"] == 1
+
+
 def test_features_method_reports_dummy_and_predicts(emotion_slice, tmp_path):
     cfg = Config(dataset=str(emotion_slice), workdir=str(tmp_path), method="features")
     dd = load_data(cfg)

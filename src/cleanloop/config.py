@@ -58,6 +58,11 @@ class Config:
     record_dynamics: bool = field(
         default=True, metadata={"help": "Record each train example's probabilities at every epoch end."}
     )
+    dynamics_epochs: int = field(
+        default=0,
+        metadata={"help": "Record only the last N epoch ends (0: all). Each is one pass over the train split: "
+                          "1 costs ~8% of training instead of ~25% for 3 epochs, at a little ranking quality."},
+    )
     # --- flagging ----------------------------------------------------------
     flag_source: str = field(
         default="dynamics",
@@ -83,6 +88,8 @@ class Config:
             raise CleanloopError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
         if self.flag_source not in ("dynamics", "oof"):
             raise CleanloopError(f"flag_source must be 'dynamics' or 'oof', got {self.flag_source!r}")
+        if self.dynamics_epochs < 0:
+            raise CleanloopError(f"dynamics_epochs must be 0 (all) or more, got {self.dynamics_epochs}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise CleanloopError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
