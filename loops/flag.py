@@ -15,7 +15,6 @@ import pandas as pd
 from cleanloop.loops import signals
 
 
-
 def suspicion_weights(structure: float) -> dict[str, float]:
     """The suspicion score's weights for a noise structure in [0, 1] (:func:`signals.noise_structure`).
 
