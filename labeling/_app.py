@@ -15,6 +15,10 @@ database's JSON columns are in :mod:`cleanloop.labeling._sqlite_driver`):
   retrain-loop --webhooks`` gets every event it subscribes to.
 * Request bodies (500 records with 384-float vectors) are parsed with orjson, falling back to
   the standard library for what only it reads (NaN).
+* An annotator's search checks workspace membership once per record and metadata property
+  (``User.is_member``, one query each: 200 queries for a page of 50 records with 4 properties).
+  The answer is kept on the user object for 2 seconds. The server loads that object afresh for
+  each request, so a membership change still shows at the next request.
 """
 
 from cleanloop.labeling import _sqlite_driver
@@ -27,6 +31,7 @@ from argilla_server import app  # noqa: E402
 
 
 def _speed_ups() -> None:
+    import time
     from types import SimpleNamespace
 
     from argilla_server.bulk import records_bulk
@@ -56,6 +61,17 @@ def _speed_ups() -> None:
 
     records_bulk.notify_record_event_v1 = notify_if_subscribed
     requests.json = SimpleNamespace(loads=json_loads)  # the name Request.json() looks up
+
+    is_member = database.User.is_member
+
+    async def is_member_remembered(self, workspace_id):
+        memo = vars(self).setdefault("_cleanloop_member_of", {})
+        hit = memo.get(workspace_id)
+        if hit is None or time.monotonic() - hit[1] > 2.0:
+            hit = memo[workspace_id] = (await is_member(self, workspace_id), time.monotonic())
+        return hit[0]
+
+    database.User.is_member = is_member_remembered
 
 
 _speed_ups()

@@ -358,3 +358,23 @@ def test_similarity_search_by_record_excludes_it(argilla_server, review):
         result = _search(http, ds_id, body, limit=2)
     assert set(_ext_ids(result)) == {"r9", "r11"}
     assert all(0.9 < item["query_score"] <= 1.0 for item in result["items"])  # ES cosine score (1 + cos) / 2
+
+
+def test_annotator_removed_from_workspace_loses_access_at_the_next_request(argilla_server):
+    # the embedded app remembers workspace membership on each request's user object (labeling/_app.py)
+    import argilla as rg
+
+    client = argilla_server.client()
+    ws = rg.Workspace(name="members-check", client=client).create()
+    ws.add_user(argilla_server.annotator)
+    settings = rg.Settings(fields=[rg.TextField("text")], questions=[rg.LabelQuestion("label", labels=LABELS)],
+                           metadata=[rg.FloatMetadataProperty("loss"), rg.TermsMetadataProperty("split")])
+    dataset = rg.Dataset("members-check", workspace=ws.name, settings=settings, client=client).create()
+    dataset.records.log([rg.Record(id=f"m{i}", fields={"text": f"text {i}"}, metadata={"loss": i / 2, "split": "a"})
+                         for i in range(6)])
+    with argilla_server.http() as http:
+        path = f"/api/v1/me/datasets/{dataset.id}/records/search"
+        items = http.post(path, json={}, params={"limit": 10}).json()["items"]
+        assert len(items) == 6 and all(set(i["record"]["metadata"]) == {"loss", "split"} for i in items)
+        ws.remove_user(argilla_server.annotator)
+        assert http.post(path, json={}, params={"limit": 10}).status_code == 403
