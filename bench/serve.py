@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cleanloop.config import SERVE_MAX_BATCH, SERVE_MAX_WAIT_MS
+
 ROOT = Path(__file__).resolve().parent.parent
 VALIDATION = ROOT / "model" / "datasets" / "emotion" / "validation.parquet"
 # bench/core.py run from the repo root writes bench/out/core/model; run from bench/, bench/bench/out/core/model
@@ -178,8 +180,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each served phase")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=64)
-    ap.add_argument("--max-wait-ms", type=float, default=5.0)
-    ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--max-wait-ms", type=float, default=SERVE_MAX_WAIT_MS)
+    ap.add_argument("--max-batch", type=int, default=SERVE_MAX_BATCH)
     ap.add_argument("--out", default="bench/out/serve", help="server logs and the fallback model")
     ap.add_argument("--naive-server", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -29,12 +29,10 @@ from typing import Annotated
 
 import numpy as np
 
+from cleanloop.config import SERVE_MAX_BATCH, SERVE_MAX_WAIT_MS
 from cleanloop.model.predict import Prediction, Predictor
 
 log = logging.getLogger("cleanloop.serve")
-
-DEFAULT_MAX_WAIT_MS = 5.0
-DEFAULT_MAX_BATCH = 64
 
 
 # --- results ------------------------------------------------------------------------
@@ -91,8 +89,8 @@ class MicroBatcher:
     def __init__(
         self,
         predictor: Predictor,
-        max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
-        max_batch: int = DEFAULT_MAX_BATCH,
+        max_wait_ms: float = SERVE_MAX_WAIT_MS,
+        max_batch: int = SERVE_MAX_BATCH,
         batch_size: int = 32,
         max_pending: int = 8192,
     ):
@@ -291,8 +289,8 @@ def create_app(
     max_texts: int = 256,
     max_chars: int = 2000,
     truncate: bool = False,
-    max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
-    max_batch: int = DEFAULT_MAX_BATCH,
+    max_wait_ms: float = SERVE_MAX_WAIT_MS,
+    max_batch: int = SERVE_MAX_BATCH,
     batch_size: int = 32,
     model_name: str | None = None,
 ):

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from cleanloop.cli.options import app, config_options
-from cleanloop.config import Config
+from cleanloop.config import SERVE_MAX_BATCH, SERVE_MAX_WAIT_MS, Config
 from cleanloop.errors import CleanloopError
 
 log = logging.getLogger("cleanloop")
@@ -193,9 +193,9 @@ def predict(
 @click.option("--max-chars", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Most characters per text (413 beyond, unless --truncate).")
 @click.option("--truncate", is_flag=True, help="Cut texts over --max-chars instead of refusing them (said in the response).")
-@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=SERVE_MAX_WAIT_MS, show_default=True,
               help="How long a request may wait for others to share its batch.")
-@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--max-batch", type=click.IntRange(min=1), default=SERVE_MAX_BATCH, show_default=True,
               help="Texts gathered into one model call before it starts.")
 def serve(
     cfg: Config,
