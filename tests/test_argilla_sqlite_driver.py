@@ -20,17 +20,18 @@ class Item(Base):
     name = Column(String)
 
 
-def _engine(path):
+async def _database(path):
+    """An engine on a new database with the test tables, and its session factory."""
     _sqlite_driver.setup()
-    return create_async_engine(f"sqlite+{_sqlite_driver.DRIVER}:///{path}", connect_args={"timeout": 15})
+    engine = create_async_engine(f"sqlite+{_sqlite_driver.DRIVER}:///{path}", connect_args={"timeout": 15})
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    return engine, async_sessionmaker(engine, expire_on_commit=False)
 
 
 def test_queries_pragmas_and_rollback(tmp_path):
     async def main():
-        engine = _engine(tmp_path / "db.sqlite")
-        sessions = async_sessionmaker(engine, expire_on_commit=False)
-        async with engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
+        engine, sessions = await _database(tmp_path / "db.sqlite")
         async with sessions() as db:
             assert (await db.execute(text("PRAGMA journal_mode"))).scalar_one() == "wal"
             assert (await db.execute(text("PRAGMA synchronous"))).scalar_one() == 1  # NORMAL
@@ -52,10 +53,7 @@ def test_a_locked_database_waits_off_the_event_loop(tmp_path):
     """A writer that finds the database locked waits in a thread: the loop keeps running the lock holder."""
 
     async def main():
-        engine = _engine(tmp_path / "db.sqlite")
-        sessions = async_sessionmaker(engine, expire_on_commit=False)
-        async with engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
+        engine, sessions = await _database(tmp_path / "db.sqlite")
         async with sessions() as a, sessions() as b:
             a.add(Item(name="a"))
             await a.flush()  # a holds the write lock
@@ -98,10 +96,7 @@ def test_json_columns_read_back_as_with_the_standard_library(tmp_path):
     ]
 
     async def main():
-        engine = _engine(tmp_path / "db.sqlite")
-        async with engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
-        sessions = async_sessionmaker(engine, expire_on_commit=False)
+        engine, sessions = await _database(tmp_path / "db.sqlite")
         async with sessions() as db:
             db.add_all([Doc(id=i, value=v) for i, v in enumerate(values)])
             await db.commit()
