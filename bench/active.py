@@ -158,7 +158,7 @@ def write_result(result: dict, curves: dict, output: Path, title: str) -> None:
 def merge(paths: list[Path], output: Path) -> None:
     """One result from runs of different strategies with the same settings (their per-seed curves)."""
     runs = [json.loads(p.read_text()) for p in paths]
-    keys = ("model", "seed_per_class", "batch", "growth", "max_labels", "switch_per_class", "epochs",
+    keys = ("model", "seeds", "seed_per_class", "batch", "growth", "max_labels", "switch_per_class", "epochs",
             "min_train_examples", "pool", "test", "target")
     differ = [k for k in keys if len({json.dumps(r["settings"].get(k)) for r in runs}) > 1]
     if differ:
@@ -225,8 +225,8 @@ def main() -> None:
     workdir, output = Path(args.workdir), Path(args.output)
     names = [s for s in args.strategies.split(",") if s]
     unknown = [s for s in names if s not in STRATEGIES]
-    if unknown:
-        raise SystemExit(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
+    if unknown or not names:
+        raise SystemExit(f"no or unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     t0 = time.perf_counter()
     data = load(args, workdir)
@@ -250,10 +250,8 @@ def main() -> None:
         return curves, to_target
 
     for name in names:
-        for seed in seeds:
-            raw.setdefault(name, {})[str(seed)] = simulate(name, seed, data, args, workdir)
-            if len(raw[name]) == len(seeds):
-                curves, to_target = write()
+        raw[name] = {str(seed): simulate(name, seed, data, args, workdir) for seed in seeds}
+        curves, to_target = write()  # after every strategy: an interrupted run keeps what it measured
     random_n = to_target.get("random")
     print(f"\nlabels to {args.target:.0%} test accuracy (seed mean):")
     for name, n in to_target.items():
