@@ -13,16 +13,16 @@ Models (``--model``):
 
     python bench/active.py                       # the full grid -> bench/results/active.json + .png
     python bench/active.py --strategies random,margin,diversity --seeds 0 --pool-size 6000 --growth 0.25 \
-        --stop-at-target --min-train-examples 3000   # what fits in ~2 CPU hours (see the settings in the JSON)
+        --stop-at-target     # what fits in ~2 hours of 2 CPU cores (see the settings in the JSON)
     python bench/active.py --model logreg        # fast path
     python bench/active.py --strategies random,margin --seeds 0 --max-labels 128 --model logreg \\
         --pool-size 2000 --test-size 500 --output /tmp/active.json      # a smoke run
 
 ``--growth g`` makes each batch max(--batch, g x labels so far, rounded to 64): fewer retrainings for
 the same label range (the CPU budget), coarser curves. ``--stop-at-target`` ends a curve at its first
-step at or above the target. ``--min-train-examples`` raises the fine-tuning epochs on small labelled
-sets so that every fine-tune sees at least that many examples (a few hundred labels x 4 epochs is
-too few optimizer steps).
+step at or above the target. ``--min-train-examples`` (``ActiveOptions.min_train_examples``, 10,000)
+raises the fine-tuning epochs on small labelled sets so that every fine-tune sees at least that many
+examples (a few hundred labels x 4 epochs is too few optimizer steps).
 
 Writes ``{"target_accuracy", "labels_to_target": {strategy: n or null}, "curves": {...}}`` (labels to
 target: a seed's first step at or above the target, averaged over seeds; null when a seed never
@@ -63,16 +63,17 @@ def simulate(strategy_name: str, seed: int, data: dict, args, workdir: Path) -> 
     strategy = make_strategy(strategy_name)
     votes = np.zeros(len(gold), dtype=int)  # labels the simulated annotator gave each pool example
     votes[seed_indices(gold, args.seed_per_class, rng)] = 1
-    opts = ActiveOptions(setfit_iterations=args.setfit_iterations, switch_per_class=args.switch_per_class)
+    opts = ActiveOptions(setfit_iterations=args.setfit_iterations, switch_per_class=args.switch_per_class,
+                         min_train_examples=args.min_train_examples)
     curve = []
     while True:
         lab = np.flatnonzero(votes > 0)
-        cfg = Config(workdir=str(workdir), seed=seed, max_length=64,
-                     epochs=max(args.epochs, args.min_train_examples / len(lab)))
+        cfg = Config(workdir=str(workdir), seed=seed, max_length=64, epochs=args.epochs)
         kind = "logreg" if args.model == "logreg" else learner_kind(gold[lab], len(names), args.switch_per_class)
         learner = {"logreg": lambda: EmbeddingLogReg(data["embed"], seed),
                    "setfit": lambda: SetFitLearner(opts, seed),
-                   "finetune": lambda: FinetuneLearner(cfg, workdir / f"{strategy_name}-{seed}" / "model")}[kind]()
+                   "finetune": lambda: FinetuneLearner(cfg, workdir / f"{strategy_name}-{seed}" / "model",
+                                                       opts.min_train_examples)}[kind]()
         t0 = time.perf_counter()
         probs, metrics = fit_and_score(learner, [texts[i] for i in lab], gold[lab], names, texts,
                                        data["test_texts"], data["test_labels"])
@@ -204,10 +205,10 @@ def main() -> None:
     ap.add_argument("--seed-per-class", type=int, default=8)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--max-labels", type=int, default=2048)
-    ap.add_argument("--switch-per-class", type=int, default=64)
-    ap.add_argument("--setfit-iterations", type=int, default=5)
+    ap.add_argument("--switch-per-class", type=int, default=ActiveOptions.switch_per_class)
+    ap.add_argument("--setfit-iterations", type=int, default=ActiveOptions.setfit_iterations)
     ap.add_argument("--epochs", type=float, default=4.0, help="Fine-tuning epochs after the switch.")
-    ap.add_argument("--min-train-examples", type=int, default=0,
+    ap.add_argument("--min-train-examples", type=int, default=ActiveOptions.min_train_examples,
                     help="Raise the fine-tuning epochs so each fine-tune sees at least this many examples.")
     ap.add_argument("--growth", type=float, default=0.0, help="Batch = max(--batch, growth x labels so far).")
     ap.add_argument("--stop-at-target", action="store_true", help="End each curve once it reaches --target.")

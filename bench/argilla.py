@@ -3,8 +3,8 @@
     python bench/argilla.py                  # 16,000 records, 200 searches (about 1 min on 2 cores)
     python bench/argilla.py --records 2000   # a quick check
 
-Starts a fresh embedded server (``cleanloop.labeling.server.up``) in a temporary home,
-logs records through the ``argilla`` SDK (text, a label suggestion with its score,
+Starts a fresh embedded server (``cleanloop.labeling.server.up``, --workers server processes)
+in a temporary home, logs records through the ``argilla`` SDK from --concurrency threads (text, a label suggestion with its score,
 4 metadata properties, a random 384-d vector), has the annotator submit responses to
 some of them, then times the annotator's search as the web UI sends it: metadata range
 + response status filter, sorted by a metadata property, 50 per page, through the API.
@@ -66,6 +66,9 @@ def main() -> None:
     ap.add_argument("--searches", type=int, default=200)
     ap.add_argument("--responses", type=int, default=300, help="Records the annotator answers before searching.")
     ap.add_argument("--batch-size", type=int, default=500, help="SDK batch size when logging.")
+    ap.add_argument("--concurrency", type=int, default=2,
+                    help="SDK threads logging batches at the same time (one per server process).")
+    ap.add_argument("--workers", type=int, default=Config.argilla_workers, help="Server processes (--argilla-workers).")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
@@ -74,7 +77,8 @@ def main() -> None:
     import httpx
 
     with tempfile.TemporaryDirectory(prefix="cleanloop-bench-argilla-") as tmp:
-        cfg = Config(workdir=tmp, argilla_url=f"http://127.0.0.1:{_free_port()}", argilla_annotators=["annotator"])
+        cfg = Config(workdir=tmp, argilla_url=f"http://127.0.0.1:{_free_port()}", argilla_annotators=["annotator"],
+                     argilla_workers=args.workers)
         home = Path(tmp) / "argilla"
         t0 = time.perf_counter()
         st = up(cfg, home, timeout=300)
@@ -97,7 +101,14 @@ def main() -> None:
             dataset = rg.Dataset("bench", workspace=cfg.argilla_workspace, settings=settings, client=client).create()
             records = list(_records(args.records, rng))
             t0 = time.perf_counter()
-            dataset.records.log(records, batch_size=args.batch_size)
+            if args.concurrency > 1:
+                from concurrent.futures import ThreadPoolExecutor
+
+                chunks = [records[i:i + args.batch_size] for i in range(0, len(records), args.batch_size)]
+                with ThreadPoolExecutor(args.concurrency) as pool:
+                    list(pool.map(lambda c: dataset.records.log(c, batch_size=args.batch_size), chunks))
+            else:
+                dataset.records.log(records, batch_size=args.batch_size)
             log_seconds = time.perf_counter() - t0
             print(f"up {up_seconds:.1f} s; logged {len(records):,} records in {log_seconds:.1f} s", file=sys.stderr)
 
@@ -135,6 +146,8 @@ def main() -> None:
         "records": args.records,
         "log_seconds": round(log_seconds, 1),
         "log_records_per_s": round(args.records / log_seconds),
+        "server_workers": args.workers,
+        "log_threads": args.concurrency,
         "search_matched": matched,
         "search_p50_ms": round(float(np.percentile(times, 50)), 1),
         "search_p95_ms": round(float(np.percentile(times, 95)), 1),

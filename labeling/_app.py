@@ -14,7 +14,9 @@ database's JSON columns are in :mod:`cleanloop.labeling._sqlite_driver`):
   now built only when an enabled webhook exists, checked per call, so ``cleanloop
   retrain-loop --webhooks`` gets every event it subscribes to.
 * Request bodies (500 records with 384-float vectors) are parsed with orjson, falling back to
-  the standard library for what only it reads (NaN).
+  the standard library for what only it reads (NaN). JSON responses (a bulk upsert echoes its
+  records back) are written with orjson too: the same values in compact UTF-8
+  (``_sqlite_driver.response_json``).
 * An annotator's search checks workspace membership once per record and metadata property
   (``User.is_member``, one query each: 200 queries for a page of 50 records with 4 properties).
   The answer is kept on the user object for 2 seconds. The server loads that object afresh for
@@ -38,9 +40,9 @@ def _speed_ups() -> None:
     from argilla_server.contexts import webhooks
     from argilla_server.models import database
     from pydantic import TypeAdapter
-    from starlette import requests
+    from starlette import requests, responses
 
-    from cleanloop.labeling._sqlite_driver import json_loads
+    from cleanloop.labeling._sqlite_driver import json_loads, response_json
 
     adapters: dict[int, tuple[object, TypeAdapter]] = {}
 
@@ -61,6 +63,7 @@ def _speed_ups() -> None:
 
     records_bulk.notify_record_event_v1 = notify_if_subscribed
     requests.json = SimpleNamespace(loads=json_loads)  # the name Request.json() looks up
+    responses.JSONResponse.render = lambda self, content: response_json(content)
 
     is_member = database.User.is_member
 

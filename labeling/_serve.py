@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workspace", required=True)
     parser.add_argument("--users", required=True, help="username:role,...")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     args = parser.parse_args()
     users = [tuple(item.split(":", 1)) for item in args.users.split(",") if item]
 
@@ -149,7 +150,7 @@ def main() -> None:
     import uvicorn
 
     uvicorn.run("cleanloop.labeling._app:app", host="127.0.0.1", port=args.port, log_level="warning",
-                access_log=False, lifespan="on")
+                access_log=False, lifespan="on", workers=args.workers)
 
 
 if __name__ == "__main__":

@@ -443,7 +443,8 @@ def up(cfg: Config, home: str | Path | None = None, *, timeout: float = 180.0) -
             "server",
             [sys.executable, "-m", "cleanloop.labeling._serve", "--port", str(port),
              "--workspace", cfg.argilla_workspace,
-             "--users", ",".join(f"{u.username}:{u.role}" for u in users.values())],
+             "--users", ",".join(f"{u.username}:{u.role}" for u in users.values()),
+             "--workers", str(cfg.argilla_workers)],
             env, home_,
         )
         _write_state(home_, state)

@@ -62,7 +62,8 @@ def test_active_loop_labels_a_batch_then_excludes_it_and_switches_model(tmp_path
                  argilla_dataset="active")
     # 2 seed labels per class (6, SetFit); one batch of 6 brings 12 = 4 per class: the fine-tuned classifier
     opts = ActiveOptions(strategy="margin", batch_size=6, rounds=2, seed_per_class=2, switch_per_class=4,
-                         setfit_iterations=1, review_timeout=60, poll_seconds=0.3, interactive=False, final_train=False)
+                         setfit_iterations=1, min_train_examples=0, review_timeout=60, poll_seconds=0.3,
+                         interactive=False, final_train=False)
     caplog.set_level(logging.INFO, logger="cleanloop.active")
 
     with pytest.raises(Stop):

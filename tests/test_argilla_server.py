@@ -25,6 +25,20 @@ def _cli():
     return CliRunner()
 
 
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat_line = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat_line.rsplit(") ", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
 def test_status_reports_every_process(argilla_server):
     st = server.status(argilla_server.cfg, argilla_server.home)
     assert st.running and st.healthy and st.url == argilla_server.url
@@ -115,10 +129,12 @@ def test_restart_keeps_data_logins_and_index(argilla_server):
     bearer = {"Authorization": f"Bearer {token['access_token']}"}
 
     pids = server.status(cfg, home).processes
+    workers = _children(pids["server"])
+    assert len(workers) >= cfg.argilla_workers == 2  # uvicorn's server processes
     assert server.down(cfg, home) == ["server", "worker", "redis"]
     assert not any(server.status(cfg, home).processes.values())
     assert all(not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(") ")[1][0] == "Z"
-               for pid in pids.values())
+               for pid in [*pids.values(), *workers])
     st = server.up(cfg, home, timeout=240)
     assert st.started and st.running
     assert httpx.get(f"{argilla_server.url}/api/v1/me", headers=bearer).status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 from sqlalchemy import Column, Integer, String, select, text
@@ -111,3 +112,16 @@ def test_json_columns_read_back_as_with_the_standard_library(tmp_path):
     assert out[0] == expected[0] and out[2] == expected[2] == {"1": "int key"} and out[3] == expected[3]
     assert math.isnan(out[1]["loss"]) and out[1]["none"] is None
     assert _sqlite_driver.json_loads("[NaN]")[0] != _sqlite_driver.json_loads("[NaN]")[0]  # NaN, not an error
+
+
+def test_responses_render_as_starlette_does():
+    from starlette.responses import JSONResponse
+
+    values = [{"text": "héllo \u2764 \"quoted\"", "score": 0.1 + 0.2, "n": -3, "none": None, "ok": True,
+               "nested": [[1.5e-7, 1e22], {"k": []}]}, [], "plain", 2**70, {"big": 2**64}]
+    for value in values:  # 2**64 and over: orjson refuses, the standard encoder answers
+        ours, theirs = _sqlite_driver.response_json(value), JSONResponse(value).body
+        assert json.loads(ours) == json.loads(theirs) == value  # the same JSON ...
+        assert len(ours) <= len(theirs)  # ... as compact (exponents may be spelled 1e-7, not 1e-07)
+    assert "héllo ❤".encode() in _sqlite_driver.response_json(values[0])  # UTF-8, not \u escapes
+    assert _sqlite_driver.response_json({"x": float("nan")}) == b'{"x":null}'

@@ -87,6 +87,9 @@ class Config:
     argilla_annotators: list[str] = field(
         default_factory=lambda: ["annotator"], metadata={"help": "Annotator user names created by 'argilla up'."}
     )
+    argilla_workers: int = field(
+        default=2, metadata={"help": "Server processes of the embedded Argilla ('argilla up'): one per core."}
+    )
 
     def __post_init__(self) -> None:
         if self.method not in ("finetune", "features"):
@@ -95,6 +98,8 @@ class Config:
             raise CleanloopError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
         if self.flag_source not in ("dynamics", "oof"):
             raise CleanloopError(f"flag_source must be 'dynamics' or 'oof', got {self.flag_source!r}")
+        if self.argilla_workers < 1:
+            raise CleanloopError(f"argilla_workers must be at least 1, got {self.argilla_workers}")
         if self.dynamics_epochs < 0:
             raise CleanloopError(f"dynamics_epochs must be 0 (all) or more, got {self.dynamics_epochs}")
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -7,6 +7,7 @@ import click
 from cleanloop.cli.loop import ReviewProgress, _home_option, review_wait_options
 from cleanloop.cli.options import app, config_options
 from cleanloop.config import Config
+from cleanloop.loops.active import ActiveOptions
 from cleanloop.loops.strategies import STRATEGIES
 
 
@@ -19,16 +20,19 @@ from cleanloop.loops.strategies import STRATEGIES
 @click.option("--rounds", type=int, default=1, show_default=True, help="Rounds to run (a resumed run goes on to this).")
 @click.option("--seed-per-class", type=int, default=8, show_default=True,
               help="Labels per class revealed from the pool to start with.")
-@click.option("--switch-per-class", type=int, default=64, show_default=True,
+@click.option("--switch-per-class", type=int, default=ActiveOptions.switch_per_class, show_default=True,
               help="From this many labels per class on, train the fine-tuned classifier instead of SetFit.")
 @click.option("--pool", default=None,
               help="The unlabelled pool (same forms as --dataset; its train split, labels hidden). "
                    "Default: the --dataset train split.")
-@click.option("--setfit-iterations", type=int, default=5, show_default=True, help="SetFit pairs per example.")
+@click.option("--setfit-iterations", type=int, default=ActiveOptions.setfit_iterations, show_default=True,
+              help="SetFit pairs per example.")
+@click.option("--min-train-examples", type=int, default=ActiveOptions.min_train_examples, show_default=True,
+              help="A fine-tune on few labels runs enough epochs to see at least this many examples.")
 @review_wait_options
 @click.option("--non-interactive", is_flag=True, help="No progress bar: one log line per change (CI).")
 def active(cfg: Config, home, strategy, batch, rounds, seed_per_class, switch_per_class, pool, setfit_iterations,
-           min_reviewed, review_timeout, poll_seconds, non_interactive) -> None:
+           min_train_examples, min_reviewed, review_timeout, poll_seconds, non_interactive) -> None:
     """Active learning: label what the model learns most from, in Argilla dataset <argilla-dataset>-label.
 
     Each round trains on the labels so far (SetFit with few labels, the fine-tuned classifier from
@@ -40,6 +44,7 @@ def active(cfg: Config, home, strategy, batch, rounds, seed_per_class, switch_pe
 
     opts = ActiveOptions(strategy=strategy, batch_size=batch, rounds=rounds, seed_per_class=seed_per_class,
                          switch_per_class=switch_per_class, pool=pool, setfit_iterations=setfit_iterations,
+                         min_train_examples=min_train_examples,
                          min_reviewed=min_reviewed, review_timeout=review_timeout, poll_seconds=poll_seconds,
                          interactive=not non_interactive)
     display = ReviewProgress(non_interactive)
