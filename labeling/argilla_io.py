@@ -299,19 +299,23 @@ def ensure_dataset(client, cfg: Config, label_names: Sequence[str], vector_dim: 
     return dataset
 
 
-def push(client, dataset, records: Iterable[ReviewRecord], skip_ids: Iterable[str] = ()) -> list[str]:
+def push(client, dataset, records: Iterable[ReviewRecord], skip_ids: Iterable[str] = (), threads: int = 2) -> list[str]:
     """Upsert records (update by example id); those in ``skip_ids`` (already reviewed) are left out.
 
     Answers already given on a record are kept. Returns the ids pushed. Sends the records with
     the SDK's bulk upsert directly: ``dataset.records.log`` fails in argilla 2.8 when the server
-    echoes back a record that has a discard without values.
+    echoes back a record that has a discard without values. Up to ``threads`` bulk requests are
+    in flight at once (the embedded server runs ``argilla_workers`` processes).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     skip = set(skip_ids)
     todo = [r for r in records if r.id not in skip]
     models = dataset.records._ingest_records([to_argilla_record(r) for r in todo], user_id=client.me.id) if todo else []
     step = client.api.records.MAX_RECORDS_PER_UPSERT_BULK
-    for start in range(0, len(models), step):
-        client.api.records.bulk_upsert(dataset_id=dataset.id, records=models[start:start + step])
+    chunks = [models[start:start + step] for start in range(0, len(models), step)]
+    with ThreadPoolExecutor(max(1, min(threads, len(chunks)))) as pool:
+        list(pool.map(lambda chunk: client.api.records.bulk_upsert(dataset_id=dataset.id, records=chunk), chunks))
     return [r.id for r in todo]
 
 

@@ -141,6 +141,18 @@ def test_push_pull_round_trip(argilla_server, monkeypatch):
         aio.ensure_dataset(client, cfg, ["x", "y"], vector_dim=4)
 
 
+def test_push_sends_bulk_requests_in_parallel_and_loses_none(argilla_server, monkeypatch):
+    monkeypatch.setenv("ARGILLA_API_KEY", argilla_server.owner_key)
+    cfg = argilla_server.cfg.replace(argilla_url=argilla_server.url, argilla_dataset="io-parallel")
+    client = aio.connect(cfg)
+    ds = aio.ensure_dataset(client, cfg, NAMES, vector_dim=4)
+    recs = [record(i, vector=(float(i), 1.0, 0.0, 0.0)) for i in range(1100)]  # 3 bulk requests of at most 500
+    assert aio.push(client, ds, recs, threads=3) == [r.id for r in recs]
+    models = list(aio._record_models(client, ds))
+    assert sorted(str(m.external_id) for m in models) == sorted(r.id for r in recs)
+    assert aio.progress(client, ds) == (0, 1100)
+
+
 def test_unreachable_server_is_a_clear_error(tmp_path):
     import socket
 
