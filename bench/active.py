@@ -13,14 +13,15 @@ Models (``--model``):
 
     python bench/active.py                       # the full grid -> bench/results/active.json + .png
     python bench/active.py --strategies random,margin,diversity --seeds 0 --pool-size 6000 --growth 0.25 \
-        --stop-at-target     # what fits in ~2 hours of 2 CPU cores (see the settings in the JSON)
+        --stop-at-target --random-from 600   # what fits in ~2 hours of 2 CPU cores (settings in the JSON)
     python bench/active.py --model logreg        # fast path
     python bench/active.py --strategies random,margin --seeds 0 --max-labels 128 --model logreg \\
         --pool-size 2000 --test-size 500 --output /tmp/active.json      # a smoke run
 
 ``--growth g`` makes each batch max(--batch, g x labels so far, rounded to 64): fewer retrainings for
 the same label range (the CPU budget), coarser curves. ``--stop-at-target`` ends a curve at its first
-step at or above the target. ``--min-train-examples`` (``ActiveOptions.min_train_examples``, 10,000)
+step at or above the target. ``--random-from n`` trains random only from n labels on: it picks
+without the model, so its labelled sets are the same as in a full run. ``--min-train-examples`` (``ActiveOptions.min_train_examples``, 10,000)
 raises the fine-tuning epochs on small labelled sets so that every fine-tune sees at least that many
 examples (a few hundred labels x 4 epochs is too few optimizer steps).
 
@@ -68,21 +69,24 @@ def simulate(strategy_name: str, seed: int, data: dict, args, workdir: Path) -> 
     curve = []
     while True:
         lab = np.flatnonzero(votes > 0)
-        cfg = Config(workdir=str(workdir), seed=seed, max_length=64, epochs=args.epochs)
-        kind = "logreg" if args.model == "logreg" else learner_kind(gold[lab], len(names), args.switch_per_class)
-        learner = {"logreg": lambda: EmbeddingLogReg(data["embed"], seed),
-                   "setfit": lambda: SetFitLearner(opts, seed),
-                   "finetune": lambda: FinetuneLearner(cfg, workdir / f"{strategy_name}-{seed}" / "model",
-                                                       opts.min_train_examples)}[kind]()
-        t0 = time.perf_counter()
-        probs, metrics = fit_and_score(learner, [texts[i] for i in lab], gold[lab], names, texts,
-                                       data["test_texts"], data["test_labels"])
         spent = int(votes.sum())
-        curve.append({"labels": spent, "model": kind, **metrics, "seconds": round(time.perf_counter() - t0, 2)})
-        print(f"  {strategy_name:16s} seed {seed}  {spent:5d} labels  {kind:8s}  accuracy {metrics['test_accuracy']:.3f}"
-              f"  macro F1 {metrics['test_macro_f1']:.3f}", flush=True)
-        if spent >= args.max_labels or (args.stop_at_target and metrics["test_accuracy"] >= args.target):
-            return curve
+        if strategy_name == "random" and spent < args.random_from:  # its picks never look at the model
+            probs = np.full((len(gold), len(names)), 1.0 / len(names))
+        else:
+            cfg = Config(workdir=str(workdir), seed=seed, max_length=64, epochs=args.epochs)
+            kind = "logreg" if args.model == "logreg" else learner_kind(gold[lab], len(names), args.switch_per_class)
+            learner = {"logreg": lambda: EmbeddingLogReg(data["embed"], seed),
+                       "setfit": lambda: SetFitLearner(opts, seed),
+                       "finetune": lambda: FinetuneLearner(cfg, workdir / f"{strategy_name}-{seed}" / "model",
+                                                           opts.min_train_examples)}[kind]()
+            t0 = time.perf_counter()
+            probs, metrics = fit_and_score(learner, [texts[i] for i in lab], gold[lab], names, texts,
+                                           data["test_texts"], data["test_labels"])
+            curve.append({"labels": spent, "model": kind, **metrics, "seconds": round(time.perf_counter() - t0, 2)})
+            print(f"  {strategy_name:16s} seed {seed}  {spent:5d} labels  {kind:8s}  accuracy "
+                  f"{metrics['test_accuracy']:.3f}  macro F1 {metrics['test_macro_f1']:.3f}", flush=True)
+            if spent >= args.max_labels or (args.stop_at_target and metrics["test_accuracy"] >= args.target):
+                return curve
         annotations = None
         if strategy.relabels:  # every vote is the gold label; one column per vote
             annotations = np.full((len(gold), max(1, votes.max())), np.nan)
@@ -212,6 +216,9 @@ def main() -> None:
                     help="Raise the fine-tuning epochs so each fine-tune sees at least this many examples.")
     ap.add_argument("--growth", type=float, default=0.0, help="Batch = max(--batch, growth x labels so far).")
     ap.add_argument("--stop-at-target", action="store_true", help="End each curve once it reaches --target.")
+    ap.add_argument("--random-from", type=int, default=0,
+                    help="Train and evaluate random only from this many labels on (the CPU budget): its picks never "
+                         "depend on the model, so they are the same; its curve starts there.")
     ap.add_argument("--target", type=float, default=TARGET)
     ap.add_argument("--pool-size", type=int, default=0, help="Stratified sample of the train split as the pool (0: all).")
     ap.add_argument("--test-size", type=int, default=0, help="Random sample of the test split (0: all 2,000).")
