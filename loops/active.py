@@ -177,13 +177,22 @@ class FinetuneLearner(Learner):
                                    "label": datasets.ClassLabel(names=list(label_names))})
         train = datasets.Dataset.from_dict({"id": [str(i) for i in range(len(texts))], "text": list(texts),
                                             "label": np.asarray(labels).tolist()}, features=feats)
-        cfg = self.cfg.replace(epochs=max(self.cfg.epochs, self.min_examples / max(len(texts), 1)))
+        cfg = self.cfg.replace(epochs=finetune_epochs(len(texts), self.cfg.epochs, self.min_examples))
         ClassifierTrainer(cfg).train(datasets.DatasetDict({"train": train}), self.folder)
         self.predictor = Predictor.load(self.folder, max_length=self.cfg.max_length)
         return self
 
     def predict_proba(self, texts):
         return self.predictor.predict_arrays(list(texts), self.cfg.eval_batch_size)["probs"]
+
+
+def finetune_epochs(n: int, epochs: float, min_examples: int) -> float:
+    """Epochs for a fine-tune on ``n`` labels: ``epochs``, or enough to see ``min_examples`` examples.
+
+    >>> finetune_epochs(500, 4, 10000), finetune_epochs(5000, 4, 10000)
+    (20.0, 4)
+    """
+    return max(epochs, min_examples / max(n, 1))
 
 
 class EmbeddingLogReg(Learner):

@@ -16,7 +16,8 @@ from test_review_loop import NAMES, make_data
 from cleanloop.config import Config
 from cleanloop.labeling import argilla_io as aio
 from cleanloop.labeling.journal import Journal
-from cleanloop.loops.active import ActiveOptions, active_config, run_active
+from cleanloop.errors import CleanloopError
+from cleanloop.loops.active import ActiveOptions, active_config, finetune_epochs, run_active
 from cleanloop.loops.retrain import journal_path, loop_root
 
 
@@ -151,3 +152,11 @@ def test_review_progress_prints_one_line_per_change_when_non_interactive(capsys)
     show.close()
     assert capsys.readouterr().out.splitlines() == ["reviews: 0/6 answered", "reviews: 3/6 answered",
                                                     "reviews: 6/6 answered"]
+
+
+def test_small_labelled_sets_get_more_epochs():
+    assert finetune_epochs(688, 4, 10000) == pytest.approx(10000 / 688)  # 14.5 epochs, not 4
+    assert finetune_epochs(5000, 4, 10000) == 4 and finetune_epochs(688, 4, 0) == 4
+    assert finetune_epochs(0, 4, 10000) == 10000  # no labels: no division by zero
+    with pytest.raises(CleanloopError, match="min_train_examples"):
+        ActiveOptions(min_train_examples=-1)
