@@ -13,14 +13,13 @@ Writes bench/results/serve.json and prints one summary line.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import http.client
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -96,56 +95,49 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 def load(port: int, texts: list[str], clients: int, seconds: float, warmup: float) -> dict:
-    """``clients`` concurrent clients, each on its own keep-alive connection, each sending one text
-    per request and waiting for the answer before the next. Counts answers and latencies after
-    ``warmup`` seconds.
-
-    The clients are coroutines in one thread writing HTTP/1.1 on raw sockets (like ``wrk``), so
-    the load generator takes little of the 2 cores it shares with the server it measures."""
-    return asyncio.run(_load(port, texts, clients, seconds, warmup))
-
-
-async def _load(port: int, texts: list[str], clients: int, seconds: float, warmup: float) -> dict:
+    """``clients`` threads, each on its own keep-alive connection, each sending one text per request
+    and waiting for the answer before the next. Counts answers and latencies after ``warmup`` seconds."""
     start = time.monotonic()
     t_measure, t_end = start + warmup, start + warmup + seconds
-    latencies: list[float] = []
-    errors = 0
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
 
-    async def client(k: int) -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         i = k * 997
         while True:
-            body = json.dumps({"texts": [texts[i % len(texts)]]}).encode()
+            body = json.dumps({"texts": [texts[i % len(texts)]]})
             i += 1
             t0 = time.monotonic()
             if t0 >= t_end:
                 break
-            writer.write(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
             try:
-                head = await reader.readuntil(b"\r\n\r\n")
-                size = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
-                await reader.readexactly(size)
-                ok = head.startswith(b"HTTP/1.1 200")
-            except (OSError, asyncio.IncompleteReadError, AttributeError):
+                conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                ok = resp.status == 200
+            except OSError:
                 ok = False
-                writer.close()
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
             t1 = time.monotonic()
             if t0 >= t_measure and t1 <= t_end:
                 if ok:
-                    latencies.append(t1 - t0)
+                    latencies[k].append(t1 - t0)
                 else:
-                    errors += 1
-        writer.close()
+                    errors[k] += 1
+        conn.close()
 
-    await asyncio.gather(*(client(k) for k in range(clients)))
-    lat = np.array(latencies) * 1000
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lat = np.array([x for per in latencies for x in per]) * 1000
     return {
         "per_s": round(len(lat) / seconds, 1),
         "requests": int(len(lat)),
-        "errors": int(errors),
+        "errors": int(sum(errors)),
         "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
         "p95_ms": round(float(np.percentile(lat, 95)), 1) if len(lat) else None,
         "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
@@ -272,7 +264,7 @@ def main() -> None:
         "max_length": args.max_length,
         "model": model_kind,
         "texts": "emotion validation tweets",
-        "load_generator": "one asyncio thread, raw HTTP/1.1 keep-alive connections",
+        "load_generator": "one thread per client, http.client keep-alive connections",
         "load_average_at_start": [round(x, 2) for x in load_at_start],  # other work sharing the cores
     }
     path = update_results("serve", result)
