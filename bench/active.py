@@ -21,9 +21,10 @@ Models (``--model``):
 ``--growth g`` makes each batch max(--batch, g x labels so far, rounded to 64): fewer retrainings for
 the same label range (the CPU budget), coarser curves. ``--stop-at-target`` ends a curve at its first
 step at or above the target. ``--random-from n`` trains random only from n labels on: it picks
-without the model, so its labelled sets are the same as in a full run. ``--min-train-examples`` (``ActiveOptions.min_train_examples``, 10,000)
-raises the fine-tuning epochs on small labelled sets so that every fine-tune sees at least that many
-examples (a few hundred labels x 4 epochs is too few optimizer steps).
+without the model, so its labelled sets are the same as in a full run. ``--min-train-examples``
+(``ActiveOptions.min_train_examples``, 10,000) raises the fine-tuning epochs on small labelled sets
+so that every fine-tune sees at least that many examples (a few hundred labels x 4 epochs is too
+few optimizer steps).
 
 Writes ``{"target_accuracy", "labels_to_target": {strategy: n or null}, "curves": {...}}`` (labels to
 target: a seed's first step at or above the target, averaged over seeds; null when a seed never

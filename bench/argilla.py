@@ -4,8 +4,8 @@
     python bench/argilla.py --records 2000   # a quick check
 
 Starts a fresh embedded server (``cleanloop.labeling.server.up``, --workers server processes)
-in a temporary home, logs records through the ``argilla`` SDK from --concurrency threads (text, a label suggestion with its score,
-4 metadata properties, a random 384-d vector), has the annotator submit responses to
+in a temporary home, logs records through the ``argilla`` SDK from --concurrency threads (text,
+a label suggestion with its score, 4 metadata properties, a random 384-d vector), has the annotator submit responses to
 some of them, then times the annotator's search as the web UI sends it: metadata range
 + response status filter, sorted by a metadata property, 50 per page, through the API.
 Writes bench/results/argilla.json and prints one summary line.
@@ -19,6 +19,7 @@ import socket
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -103,15 +104,10 @@ def main() -> None:
                 """A new dataset with ``args.records`` records logged into it; (dataset, seconds)."""
                 ds = rg.Dataset(name, workspace=cfg.argilla_workspace, settings=settings, client=client).create()
                 records = list(_records(args.records, rng))
+                chunks = [records[i:i + args.batch_size] for i in range(0, len(records), args.batch_size)]
                 t0 = time.perf_counter()
-                if args.concurrency > 1:
-                    from concurrent.futures import ThreadPoolExecutor
-
-                    chunks = [records[i:i + args.batch_size] for i in range(0, len(records), args.batch_size)]
-                    with ThreadPoolExecutor(args.concurrency) as pool:
-                        list(pool.map(lambda c: ds.records.log(c, batch_size=args.batch_size), chunks))
-                else:
-                    ds.records.log(records, batch_size=args.batch_size)
+                with ThreadPoolExecutor(max(1, args.concurrency)) as pool:
+                    list(pool.map(lambda c: ds.records.log(c, batch_size=args.batch_size), chunks))
                 return ds, time.perf_counter() - t0
 
             dataset, first = log_all("bench")

@@ -84,10 +84,11 @@ class ActiveOptions:
         for name in ("batch_size", "rounds", "seed_per_class", "setfit_iterations", "setfit_epochs", "setfit_batch_size"):
             if getattr(self, name) < 1:
                 raise CleanloopError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.switch_per_class < 0 or self.min_train_examples < 0 or self.min_reviewed < 0 or self.review_timeout < 0 or self.poll_seconds <= 0:
+        counts = (self.switch_per_class, self.min_train_examples, self.min_reviewed, self.review_timeout)
+        if min(counts) < 0 or self.poll_seconds <= 0:
             raise CleanloopError(
                 f"switch_per_class, min_train_examples, min_reviewed and review_timeout must be >= 0 and "
-                f"poll_seconds > 0, got {self.switch_per_class}, {self.min_train_examples}, {self.min_reviewed}, {self.review_timeout}, {self.poll_seconds}")
+                f"poll_seconds > 0, got {', '.join(map(str, counts))}, {self.poll_seconds}")
 
     def to_dict(self) -> dict:
         return asdict(self)
