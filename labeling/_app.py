@@ -17,6 +17,16 @@ database's JSON columns are in :mod:`cleanloop.labeling._sqlite_driver`):
   the standard library for what only it reads (NaN). JSON responses (a bulk upsert echoes its
   records back) are written with orjson too: the same values in compact UTF-8
   (``_sqlite_driver.response_json``).
+* ``upsert_many`` (suggestions, vectors and responses of a bulk) built one multi-row
+  ``INSERT ... VALUES (...), (...) ON CONFLICT DO UPDATE`` per call: a new statement shape for
+  every batch, compiled afresh (about a sixth of the server's time per record). The same upsert
+  now runs with the rows as parameters, so SQLAlchemy compiles it once and sends the rows in
+  batches ("insertmanyvalues"): same SQL per row, same rows returned.
+* A bulk upsert asked the database for the enabled webhooks once per record (500 queries for a
+  batch); it now asks once per bulk and, when there are none, skips the per-record events.
+* ``parsed_settings`` of a question or metadata property validated its settings into a pydantic
+  object on each call (once per record and question); the result is kept on the object and
+  rebuilt when the settings differ from the ones it was built from.
 * An annotator's search checks workspace membership once per record and metadata property
   (``User.is_member``, one query each: 200 queries for a page of 50 records with 4 properties).
   The answer is kept on the user object for 2 seconds. The server loads that object afresh for
@@ -33,12 +43,14 @@ from argilla_server import app  # noqa: E402
 
 
 def _speed_ups() -> None:
+    import copy
     import time
+    from datetime import datetime
     from types import SimpleNamespace
 
     from argilla_server.bulk import records_bulk
     from argilla_server.contexts import webhooks
-    from argilla_server.models import database
+    from argilla_server.models import database, mixins
     from pydantic import TypeAdapter
     from starlette import requests, responses
 
@@ -62,6 +74,49 @@ def _speed_ups() -> None:
         return await notify(db, record_event, record)
 
     records_bulk.notify_record_event_v1 = notify_if_subscribed
+
+    notify_upserts = records_bulk.UpsertRecordsBulk._notify_upsert_record_events
+
+    async def notify_upserts_if_subscribed(self, records):
+        if await webhooks.list_enabled_webhooks(self._db):
+            await notify_upserts(self, records)
+
+    records_bulk.UpsertRecordsBulk._notify_upsert_record_events = notify_upserts_if_subscribed
+
+    async def upsert_many(cls, db, objects, constraints, autocommit=True):
+        if len(objects) == 0:
+            raise ValueError("Cannot upsert empty list of objects")
+        rows = [obj if isinstance(obj, dict) else obj.model_dump() for obj in objects]
+        insert = mixins._INSERT_FUNC[db.bind.dialect.name](cls)
+        on_conflict = {column: insert.excluded[column] for column in cls.__upsertable_columns__}
+        if hasattr(cls, "updated_at"):
+            on_conflict["updated_at"] = datetime.utcnow()
+        upsert = (
+            insert.on_conflict_do_update(index_elements=constraints, set_=on_conflict)
+            .returning(cls)
+            .execution_options(populate_existing=True)
+        )
+        result = await db.execute(upsert, rows)  # rows as parameters: one cached compilation
+        if autocommit:
+            await db.commit()
+        return result.scalars().all()
+
+    mixins.CRUDMixin.upsert_many = classmethod(upsert_many)
+
+    def remember_parsed_settings(model) -> None:
+        parse = model.parsed_settings.fget
+
+        def parsed_settings(self):
+            memo = vars(self).get("_cleanloop_parsed_settings")
+            if memo is None or memo[0] != self.settings:
+                memo = (copy.deepcopy(self.settings), parse(self))
+                vars(self)["_cleanloop_parsed_settings"] = memo
+            return memo[1]
+
+        model.parsed_settings = property(parsed_settings)
+
+    remember_parsed_settings(database.Question)
+    remember_parsed_settings(database.MetadataProperty)
     requests.json = SimpleNamespace(loads=json_loads)  # the name Request.json() looks up
     responses.JSONResponse.render = lambda self, content: response_json(content)
 

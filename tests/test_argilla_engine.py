@@ -378,3 +378,38 @@ def test_annotator_removed_from_workspace_loses_access_at_the_next_request(argil
         assert len(items) == 6 and all(set(i["record"]["metadata"]) == {"loss", "split"} for i in items)
         ws.remove_user(argilla_server.annotator)
         assert http.post(path, json={}, params={"limit": 10}).status_code == 403
+
+
+def test_relogging_updates_suggestions_vectors_and_metadata_in_place(argilla_server):
+    # a bulk upsert of known ids updates their rows (labeling/_app.py runs upsert_many with the rows as parameters)
+    import argilla as rg
+
+    client = argilla_server.client()
+    settings = rg.Settings(fields=[rg.TextField("text")], questions=[rg.LabelQuestion("label", labels=LABELS)],
+                           metadata=[rg.FloatMetadataProperty("loss")], vectors=[rg.VectorField("emb", dimensions=8)])
+    dataset = rg.Dataset("relog", workspace="cleanloop", settings=settings, client=client).create()
+
+    def log(label: str, score: float, shift: int) -> None:
+        dataset.records.log([
+            rg.Record(id=f"u{i}", fields={"text": f"text {i}"}, metadata={"loss": score + i},
+                      suggestions=[rg.Suggestion("label", label, score=score, agent=f"model-{label}")],
+                      vectors={"emb": _vector(i + shift)})
+            for i in range(12)
+        ], batch_size=5)
+
+    log("joy", 0.25, 0)
+    log("anger", 0.75, N // 2)  # every vector turned by half a circle
+    records = list(dataset.records(with_suggestions=True, with_vectors=True))
+    assert sorted(r.id for r in records) == sorted(f"u{i}" for i in range(12))
+    for r in records:
+        i = int(r.id[1:])
+        suggestion = r.suggestions["label"]
+        assert (suggestion.value, suggestion.score, suggestion.agent) == ("anger", 0.75, "model-anger")
+        assert r.metadata["loss"] == 0.75 + i
+        assert r.vectors["emb"] == pytest.approx(_vector(i + N // 2))
+    value = {"entity": "suggestion", "question": "label", "property": "value"}
+    with argilla_server.http(argilla_server.owner_key) as http:
+        assert _search(http, str(dataset.id), _terms(value, ["anger"]), me=False)["total"] == 12
+        assert _search(http, str(dataset.id), _terms(value, ["joy"]), me=False)["total"] == 0
+    nearest = [r.id for r, _ in dataset.records(query=rg.Query(similar=rg.Similar("emb", _vector(N // 2))), limit=1)]
+    assert nearest == ["u0"]
