@@ -1,13 +1,21 @@
 """Embedded Argilla benchmark: start-up, logging throughput and filtered search latency.
 
-    python bench/argilla.py                  # 3 x 16,000 records, 200 searches (about 2 min on 2 cores)
+    python bench/argilla.py                  # 3 + 3 x 16,000 records, 200 searches (about 3 min on 2 cores)
     python bench/argilla.py --records 2000   # a quick check
 
 Starts a fresh embedded server (``cleanloop.labeling.server.up``, --workers server processes)
-in a temporary home, logs records through the ``argilla`` SDK from --concurrency threads (text,
-a label suggestion with its score, 4 metadata properties, a random 384-d vector), has the annotator submit responses to
-some of them, then times the annotator's search as the web UI sends it: metadata range
-+ response status filter, sorted by a metadata property, 50 per page, through the API.
+in a temporary home and logs records of the issue's shape (text, a label suggestion with its
+score, 4 metadata properties, a random 384-d vector) two ways, alternating, --repeats times each,
+each run into a new dataset:
+
+* ``log_records_per_s``: cleanloop's logging path, ``cleanloop.labeling.argilla_io.log_records``
+  (what ``cleanloop push`` sends), from --concurrency threads;
+* ``sdk_log_records_per_s``: the bare SDK, ``dataset.records.log`` from --concurrency threads,
+  with a default ``argilla.Argilla`` client.
+
+Rates are medians of the runs. Then the annotator submits responses to some records of the
+first dataset and the benchmark times the annotator's search as the web UI sends it: metadata
+range + response status filter, sorted by a metadata property, 50 per page, through the API.
 Writes bench/results/argilla.json and prints one summary line.
 """
 
@@ -29,6 +37,7 @@ from common import update_results
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from cleanloop.config import Config
+from cleanloop.labeling.argilla_io import log_records
 from cleanloop.labeling.server import credentials, down, up
 
 LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
@@ -66,7 +75,7 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=16_000)
     ap.add_argument("--searches", type=int, default=200)
     ap.add_argument("--responses", type=int, default=300, help="Records the annotator answers before searching.")
-    ap.add_argument("--batch-size", type=int, default=500, help="SDK batch size when logging.")
+    ap.add_argument("--batch-size", type=int, default=500, help="Batch size of the bare SDK run (cleanloop sends 500).")
     ap.add_argument("--concurrency", type=int, default=2,
                     help="SDK threads logging batches at the same time (one per server process).")
     ap.add_argument("--workers", type=int, default=Config.argilla_workers, help="Server processes (--argilla-workers).")
@@ -87,8 +96,7 @@ def main() -> None:
         up_seconds = time.perf_counter() - t0
         try:
             creds = credentials(cfg, home)
-            client = rg.Argilla(api_url=st.url, api_key=creds["owner"].api_key, timeout=300,
-                                 headers={"Accept-Encoding": "identity"})  # no Brotli of bulk replies on localhost
+            client = rg.Argilla(api_url=st.url, api_key=creds["owner"].api_key, timeout=300)
             settings = rg.Settings(
                 fields=[rg.TextField("text")],
                 questions=[rg.LabelQuestion("label", labels=LABELS)],
@@ -100,19 +108,29 @@ def main() -> None:
                 ],
                 vectors=[rg.VectorField("embedding", dimensions=384)],
             )
-            def log_all(name: str) -> tuple[object, float]:
-                """A new dataset with ``args.records`` records logged into it; (dataset, seconds)."""
+
+            def log_all(name: str, how: str) -> tuple[object, float]:
+                """A new dataset with ``args.records`` records logged into it ``how``; (dataset, seconds)."""
                 ds = rg.Dataset(name, workspace=cfg.argilla_workspace, settings=settings, client=client).create()
                 records = list(_records(args.records, rng))
-                chunks = [records[i:i + args.batch_size] for i in range(0, len(records), args.batch_size)]
                 t0 = time.perf_counter()
-                with ThreadPoolExecutor(max(1, args.concurrency)) as pool:
-                    list(pool.map(lambda c: ds.records.log(c, batch_size=args.batch_size), chunks))
+                if how == "cleanloop":
+                    assert log_records(client, ds, records, threads=args.concurrency) == len(records)
+                else:
+                    chunks = [records[i:i + args.batch_size] for i in range(0, len(records), args.batch_size)]
+                    with ThreadPoolExecutor(max(1, args.concurrency)) as pool:
+                        list(pool.map(lambda c: ds.records.log(c, batch_size=args.batch_size), chunks))
                 return ds, time.perf_counter() - t0
 
-            dataset, first = log_all("bench")
-            log_seconds = [first]
-            print(f"up {up_seconds:.1f} s; logged {args.records:,} records in {first:.1f} s", file=sys.stderr)
+            runs: dict[str, list[float]] = {"cleanloop": [], "sdk": []}
+            datasets = []
+            for k in range(args.repeats):
+                for how in runs:
+                    ds, seconds = log_all(f"bench-{how}-{k + 1}", how)
+                    runs[how].append(seconds)
+                    datasets.append(ds)
+                    print(f"{how}: logged {args.records:,} records in {seconds:.1f} s", file=sys.stderr)
+            dataset = datasets[0]
 
             ds_id = str(dataset.id)
             with httpx.Client(base_url=st.url, headers={"X-Argilla-Api-Key": creds["annotator"].api_key}, timeout=60) as http:
@@ -139,8 +157,6 @@ def main() -> None:
                                      params={**params, "offset": 50 * (i % 10)})
                     times.append((time.perf_counter() - t0) * 1000)
                     resp.raise_for_status()
-            for k in range(1, args.repeats):  # more logging runs, after the searches (which see one dataset)
-                log_seconds.append(log_all(f"bench-{k + 1}")[1])
         finally:
             down(cfg, home)
 
@@ -148,9 +164,11 @@ def main() -> None:
     result = {
         "up_seconds": round(up_seconds, 2),
         "records": args.records,
-        "log_seconds": round(float(np.median(log_seconds)), 1),
-        "log_records_per_s": round(args.records / float(np.median(log_seconds))),
-        "log_records_per_s_runs": [round(args.records / t) for t in log_seconds],
+        "log_seconds": round(float(np.median(runs["cleanloop"])), 1),
+        "log_records_per_s": round(args.records / float(np.median(runs["cleanloop"]))),
+        "log_records_per_s_runs": [round(args.records / t) for t in runs["cleanloop"]],
+        "sdk_log_records_per_s": round(args.records / float(np.median(runs["sdk"]))),
+        "sdk_log_records_per_s_runs": [round(args.records / t) for t in runs["sdk"]],
         "server_workers": args.workers,
         "log_threads": args.concurrency,
         "search_matched": matched,
@@ -161,7 +179,8 @@ def main() -> None:
     }
     path = update_results("argilla", result)
     print(
-        f"argilla: up {result['up_seconds']} s; logged {args.records:,} records at {result['log_records_per_s']:,}/s; "
+        f"argilla: up {result['up_seconds']} s; logged {args.records:,} records at {result['log_records_per_s']:,}/s "
+        f"(bare SDK {result['sdk_log_records_per_s']:,}/s); "
         f"filtered+sorted search p50 {result['search_p50_ms']} ms, p95 {result['search_p95_ms']} ms "
         f"({matched:,} matches; load {load:.1f}) -> {path}"
     )

@@ -39,7 +39,7 @@ _sqlite_driver.setup()  # the in-loop SQLite driver and pragmas, before argilla_
 
 from cleanloop.labeling import search_engine  # noqa: E402,F401  (registers the "sqlite" engine)
 
-from argilla_server import app  # noqa: E402
+from argilla_server import app as argilla_app  # noqa: E402
 
 
 def _speed_ups() -> None:
@@ -133,5 +133,34 @@ def _speed_ups() -> None:
 
 
 _speed_ups()
+
+
+class CloseAfterBulk:
+    """ASGI wrapper: a reply to a bulk request (``.../records/bulk``) closes its connection.
+
+    With several server processes (``argilla_workers``), each keep-alive connection stays with
+    the process that accepted it, and two connections opened at once are often accepted by the
+    same one: the SDK's threads then queue on one process while the other idles. A bulk request
+    (up to 500 records, most of a second of work) that ends its connection makes the client's
+    next one connect afresh, and only a process that is free accepts it. Other replies keep
+    the connection.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].endswith("/records/bulk"):
+            return await self.app(scope, receive, send)
+
+        async def send_closing(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        return await self.app(scope, receive, send_closing)
+
+
+app = CloseAfterBulk(argilla_app)
 
 __all__ = ["app"]

@@ -39,6 +39,7 @@ __all__ = [
     "connect",
     "dataset_settings",
     "ensure_dataset",
+    "log_records",
     "pull",
     "push",
     "records_from_queue",
@@ -302,21 +303,55 @@ def ensure_dataset(client, cfg: Config, label_names: Sequence[str], vector_dim: 
 def push(client, dataset, records: Iterable[ReviewRecord], skip_ids: Iterable[str] = (), threads: int = 2) -> list[str]:
     """Upsert records (update by example id); those in ``skip_ids`` (already reviewed) are left out.
 
-    Answers already given on a record are kept. Returns the ids pushed. Sends the records with
-    the SDK's bulk upsert directly: ``dataset.records.log`` fails in argilla 2.8 when the server
-    echoes back a record that has a discard without values. Up to ``threads`` bulk requests are
-    in flight at once (the embedded server runs ``argilla_workers`` processes).
+    Answers already given on a record are kept. Returns the ids pushed. See :func:`log_records`.
+    """
+    skip = set(skip_ids)
+    todo = [r for r in records if r.id not in skip]
+    log_records(client, dataset, [to_argilla_record(r) for r in todo], threads=threads)
+    return [r.id for r in todo]
+
+
+def log_records(client, dataset, records: Sequence, threads: int = 2) -> int:
+    """Upsert ``argilla.Record`` objects into ``dataset`` through its bulk endpoint; returns how many.
+
+    What ``dataset.records.log`` does (the SDK checks and converts each record; a known id
+    updates its record), sent differently:
+
+    * up to ``threads`` bulk requests of 500 records are in flight at once (the embedded server
+      runs ``argilla_workers`` processes);
+    * bodies are written and replies read with orjson; the SDK's standard-library JSON (a
+      384-float vector per record, both ways: the server echoes each record back) was most of
+      the client's time;
+    * the echoed records come back uncompressed (the server would Brotli-compress megabytes of
+      vectors at quality 7) and are counted, not turned back into SDK records:
+      ``dataset.records.log`` also fails in argilla 2.8 when the server echoes a record with a
+      discard that has no values.
+
+    A refused request raises :class:`CleanloopError` with the server's reason.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    skip = set(skip_ids)
-    todo = [r for r in records if r.id not in skip]
-    models = dataset.records._ingest_records([to_argilla_record(r) for r in todo], user_id=client.me.id) if todo else []
+    import orjson
+
+    if not records:
+        return 0
+    models = dataset.records._ingest_records(list(records), user_id=client.me.id)
     step = client.api.records.MAX_RECORDS_PER_UPSERT_BULK
     chunks = [models[start:start + step] for start in range(0, len(models), step)]
+    url = f"/api/v1/datasets/{dataset.id}/records/bulk"
+
+    def send(chunk) -> int:
+        body = orjson.dumps({"items": [model.model_dump() for model in chunk]})
+        reply = client.http_client.put(url, content=body, headers={"Content-Type": "application/json", "Accept-Encoding": "identity"})
+        if reply.is_error:
+            raise CleanloopError(
+                f"Argilla refused {len(chunk)} records ({chunk[0].external_id} ...) for dataset {dataset.name!r}: "
+                f"HTTP {reply.status_code} {reply.text[:300]}; fix: make the records match the dataset's settings"
+            )
+        return len(orjson.loads(reply.content)["items"])
+
     with ThreadPoolExecutor(max(1, min(threads, len(chunks)))) as pool:
-        list(pool.map(lambda chunk: client.api.records.bulk_upsert(dataset_id=dataset.id, records=chunk), chunks))
-    return [r.id for r in todo]
+        return sum(pool.map(send, chunks))
 
 
 def _record_models(client, dataset, batch: int = 500, with_suggestions: bool = True):

@@ -153,6 +153,20 @@ def test_push_sends_bulk_requests_in_parallel_and_loses_none(argilla_server, mon
     assert aio.progress(client, ds) == (0, 1100)
 
 
+def test_log_records_refused_by_the_server_is_a_clear_error(argilla_server, monkeypatch):
+    import argilla as rg
+
+    monkeypatch.setenv("ARGILLA_API_KEY", argilla_server.owner_key)
+    cfg = argilla_server.cfg.replace(argilla_url=argilla_server.url, argilla_dataset="io-refused")
+    client = aio.connect(cfg)
+    ds = aio.ensure_dataset(client, cfg, NAMES, vector_dim=4)
+    good = rg.Record(id="ok-1", fields={"text": "fine"}, vectors={aio.VECTOR: [1.0, 0.0, 0.0, 0.0]})
+    assert aio.log_records(client, ds, [good]) == 1
+    bad = rg.Record(id="bad-1", fields={"text": "three numbers"}, vectors={aio.VECTOR: [1.0, 0.0, 0.0]})
+    with pytest.raises(CleanloopError, match=r"refused 1 records \(bad-1 \.\.\.\).*HTTP 422.*fix:"):
+        aio.log_records(client, ds, [bad])
+
+
 def test_unreachable_server_is_a_clear_error(tmp_path):
     import socket
 

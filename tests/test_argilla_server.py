@@ -154,3 +154,12 @@ def test_restart_keeps_data_logins_and_index(argilla_server):
         assert _search_total(http, ds_id, "restarts") == 5
         assert http.post(f"/api/v1/me/datasets/{ds_id}/records/search", json=status_filter).json()["total"] == 1
     assert "re-indexed dataset 'restart'" in (home / "logs" / "server.log").read_text()
+
+
+def test_bulk_replies_close_their_connection_so_the_next_one_reaches_a_free_worker(argilla_server):
+    # labeling/_app.py CloseAfterBulk: keep-alive would pin a client's connection to one server process
+    with argilla_server.http(argilla_server.owner_key) as http:
+        bulk = http.put("/api/v1/datasets/00000000-0000-0000-0000-000000000000/records/bulk", json={"items": []})
+        assert bulk.status_code == 404 and bulk.headers.get("connection") == "close"
+        me = http.get("/api/v1/me")
+        assert me.status_code == 200 and me.headers.get("connection") != "close"
