@@ -160,6 +160,6 @@ def test_bulk_replies_close_their_connection_so_the_next_one_reaches_a_free_work
     # labeling/_app.py CloseAfterBulk: keep-alive would pin a client's connection to one server process
     with argilla_server.http(argilla_server.owner_key) as http:
         bulk = http.put("/api/v1/datasets/00000000-0000-0000-0000-000000000000/records/bulk", json={"items": []})
-        assert bulk.status_code == 404 and bulk.headers.get("connection") == "close"
+        assert bulk.status_code == 422 and bulk.headers.get("connection") == "close"  # no items
         me = http.get("/api/v1/me")
         assert me.status_code == 200 and me.headers.get("connection") != "close"
