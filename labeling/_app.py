@@ -135,15 +135,20 @@ def _speed_ups() -> None:
 _speed_ups()
 
 
-class CloseAfterBulk:
-    """ASGI wrapper: a reply to a bulk request (``.../records/bulk``) closes its connection.
+class BulkReplies:
+    """ASGI wrapper for replies to bulk requests (``.../records/bulk``): uncompressed, and they close their connection.
 
-    With several server processes (``argilla_workers``), each keep-alive connection stays with
-    the process that accepted it, and two connections opened at once are often accepted by the
-    same one: the SDK's threads then queue on one process while the other idles. A bulk request
-    (up to 500 records, most of a second of work) that ends its connection makes the client's
-    next one connect afresh, and only a process that is free accepts it. Other replies keep
-    the connection.
+    * With several server processes (``argilla_workers``), each keep-alive connection stays with
+      the process that accepted it, and two connections opened at once are often accepted by the
+      same one: the SDK's threads then queue on one process while the other idles. A bulk
+      request (up to 500 records, most of a second of work) that ends its connection makes the
+      client's next one connect afresh, and only a process that is free accepts it.
+    * A bulk reply echoes every record, vectors included (megabytes for 500 records); Argilla
+      Brotli-compresses it at quality 7 for a client that accepts it, as the SDK does. The
+      embedded server listens on 127.0.0.1 only, where that costs CPU and saves nothing, so
+      the request's ``Accept-Encoding`` is dropped before Argilla's app sees it.
+
+    Other requests and replies pass unchanged.
     """
 
     def __init__(self, app):
@@ -152,6 +157,7 @@ class CloseAfterBulk:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not scope["path"].endswith("/records/bulk"):
             return await self.app(scope, receive, send)
+        scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]}
 
         async def send_closing(message):
             if message["type"] == "http.response.start":
@@ -161,6 +167,6 @@ class CloseAfterBulk:
         return await self.app(scope, receive, send_closing)
 
 
-app = CloseAfterBulk(argilla_app)
+app = BulkReplies(argilla_app)
 
 __all__ = ["app"]

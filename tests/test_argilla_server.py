@@ -156,10 +156,20 @@ def test_restart_keeps_data_logins_and_index(argilla_server):
     assert "re-indexed dataset 'restart'" in (home / "logs" / "server.log").read_text()
 
 
-def test_bulk_replies_close_their_connection_so_the_next_one_reaches_a_free_worker(argilla_server):
-    # labeling/_app.py CloseAfterBulk: keep-alive would pin a client's connection to one server process
+def test_bulk_replies_are_uncompressed_and_close_their_connection(argilla_server):
+    # labeling/_app.py BulkReplies: keep-alive would pin a client's connection to one server process,
+    # and Brotli on a localhost echo of 500 vectors only costs CPU
+    import argilla as rg
+
+    client = argilla_server.client()
+    settings = rg.Settings(fields=[rg.TextField("text")], questions=[rg.LabelQuestion("label", labels=["a", "b"])])
+    dataset = rg.Dataset("bulk-replies", workspace="cleanloop", settings=settings, client=client).create()
+    headers = {"Accept-Encoding": "br, gzip"}
+    items = [{"external_id": f"x{i}", "fields": {"text": "a long enough text " * 20}} for i in range(3)]
     with argilla_server.http(argilla_server.owner_key) as http:
-        bulk = http.put("/api/v1/datasets/00000000-0000-0000-0000-000000000000/records/bulk", json={"items": []})
-        assert bulk.status_code == 422 and bulk.headers.get("connection") == "close"  # no items
-        me = http.get("/api/v1/me")
-        assert me.status_code == 200 and me.headers.get("connection") != "close"
+        bulk = http.put(f"/api/v1/datasets/{dataset.id}/records/bulk", json={"items": items}, headers=headers)
+        assert bulk.status_code == 200 and len(bulk.json()["items"]) == 3
+        assert bulk.headers.get("connection") == "close" and "content-encoding" not in bulk.headers
+        listed = http.get(f"/api/v1/datasets/{dataset.id}/records", headers=headers)  # the same records, not bulk
+        assert listed.status_code == 200 and listed.json()["total"] == 3
+        assert listed.headers.get("connection") != "close" and listed.headers.get("content-encoding") == "br"
