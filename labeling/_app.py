@@ -27,6 +27,10 @@ database's JSON columns are in :mod:`cleanloop.labeling._sqlite_driver`):
 * ``parsed_settings`` of a question or metadata property validated its settings into a pydantic
   object on each call (once per record and question); the result is kept on the object and
   rebuilt when the settings differ from the ones it was built from.
+* To validate a new record, Argilla builds a throwaway ORM ``Record(dataset=dataset)`` (an
+  instrumented object, and a backref that appends it to ``dataset.records``, which every flush
+  of the request then walks). The checks it is built for read only ``record.fields`` and
+  ``record.dataset`` (its questions), so a plain object with those two attributes stands in.
 * An annotator's search checks workspace membership once per record and metadata property
   (``User.is_member``, one query each: 200 queries for a page of 50 records with 4 properties).
   The answer is kept on the user object for 2 seconds. The server loads that object afresh for
@@ -51,6 +55,7 @@ def _speed_ups() -> None:
     from argilla_server.bulk import records_bulk
     from argilla_server.contexts import webhooks
     from argilla_server.models import database, mixins
+    from argilla_server.validators import records as record_validators
     from pydantic import TypeAdapter
     from starlette import requests, responses
 
@@ -114,6 +119,16 @@ def _speed_ups() -> None:
             return memo[1]
 
         model.parsed_settings = property(parsed_settings)
+
+    async def validate_new_record(cls, record_create, dataset):
+        record = SimpleNamespace(fields=record_create.fields, dataset=dataset)  # what the checks read
+        cls._validate_fields(record_create.fields, dataset)
+        cls._validate_metadata(record_create.metadata, dataset)
+        cls._validate_suggestions(record_create.suggestions, dataset, record=record)
+        cls._validate_vectors(record_create.vectors, dataset)
+        await cls._validate_responses(record_create.responses, dataset, record=record)
+
+    record_validators.RecordCreateValidator.validate = classmethod(validate_new_record)
 
     remember_parsed_settings(database.Question)
     remember_parsed_settings(database.MetadataProperty)

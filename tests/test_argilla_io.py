@@ -165,6 +165,17 @@ def test_log_records_refused_by_the_server_is_a_clear_error(argilla_server, monk
     bad = rg.Record(id="bad-1", fields={"text": "three numbers"}, vectors={aio.VECTOR: [1.0, 0.0, 0.0]})
     with pytest.raises(CleanloopError, match=r"refused 1 records \(bad-1 \.\.\.\).*HTTP 422.*fix:"):
         aio.log_records(client, ds, [bad])
+    # a new record's suggestion and response are checked against the dataset's question (labeling/_app.py)
+    unknown = rg.Record(id="bad-2", fields={"text": "x"}, suggestions=[rg.Suggestion(aio.QUESTION, "no-such-label")])
+    with pytest.raises(CleanloopError, match=r"HTTP 422.*no-such-label"):
+        aio.log_records(client, ds, [unknown])
+    me = client.me.id
+    answered = rg.Record(id="ok-2", fields={"text": "y"}, responses=[rg.Response(aio.QUESTION, NAMES[1], user_id=me)])
+    assert aio.log_records(client, ds, [answered]) == 1
+    wrong = rg.Record(id="bad-3", fields={"text": "z"}, responses=[rg.Response(aio.QUESTION, "nope", user_id=me)])
+    with pytest.raises(CleanloopError, match=r"HTTP 422.*nope"):
+        aio.log_records(client, ds, [wrong])
+    assert sorted(str(m.external_id) for m in aio._record_models(client, ds)) == ["ok-1", "ok-2"]
 
 
 def test_unreachable_server_is_a_clear_error(tmp_path):
