@@ -40,6 +40,9 @@ database's JSON columns are in :mod:`cleanloop.labeling._sqlite_driver`):
   (``User.is_member``, one query each: 200 queries for a page of 50 records with 4 properties).
   The answer is kept on the user object for 2 seconds. The server loads that object afresh for
   each request, so a membership change still shows at the next request.
+
+Around the app, :class:`BulkReplies` changes how replies to bulk requests travel (uncompressed,
+closing their connection), not what they say.
 """
 
 import gc
