@@ -327,10 +327,12 @@ def log_records(client, dataset, records: Sequence, threads: int = 2) -> int:
       ``dataset.records.log`` also fails in argilla 2.8 when the server echoes a record with a
       discard that has no values.
 
-    A refused request raises :class:`CleanloopError` with the server's reason.
+    A refused request, or a connection lost on the way, raises :class:`CleanloopError` with the
+    reason; logging again is safe (records update by id).
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    import httpx
     import orjson
 
     if not records:
@@ -342,7 +344,14 @@ def log_records(client, dataset, records: Sequence, threads: int = 2) -> int:
 
     def send(chunk) -> int:
         body = orjson.dumps({"items": [model.model_dump() for model in chunk]})
-        reply = client.http_client.put(url, content=body, headers={"Content-Type": "application/json", "Accept-Encoding": "identity"})
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+        try:
+            reply = client.http_client.put(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise CleanloopError(
+                f"lost Argilla at {client.api_url} while sending {len(chunk)} records ({type(exc).__name__}: "
+                f"{str(exc)[:160]}); fix: check the server ('cleanloop argilla status') and log them again"
+            ) from None
         if reply.is_error:
             raise CleanloopError(
                 f"Argilla refused {len(chunk)} records ({chunk[0].external_id} ...) for dataset {dataset.name!r}: "

@@ -178,6 +178,23 @@ def test_log_records_refused_by_the_server_is_a_clear_error(argilla_server, monk
     assert sorted(str(m.external_id) for m in aio._record_models(client, ds)) == ["ok-1", "ok-2"]
 
 
+def test_log_records_connection_lost_is_a_clear_error(argilla_server, monkeypatch):
+    import argilla as rg
+    import httpx
+
+    monkeypatch.setenv("ARGILLA_API_KEY", argilla_server.owner_key)
+    cfg = argilla_server.cfg.replace(argilla_url=argilla_server.url, argilla_dataset="io-lost")
+    client = aio.connect(cfg)
+    ds = aio.ensure_dataset(client, cfg, NAMES, vector_dim=4)
+
+    def drop(*args, **kwargs):  # the server going away mid-push
+        raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+
+    monkeypatch.setattr(client.http_client, "put", drop)
+    with pytest.raises(CleanloopError, match=r"lost Argilla at .* while sending 1 records.*fix: check the server"):
+        aio.log_records(client, ds, [rg.Record(id="x", fields={"text": "t"})])
+
+
 def test_unreachable_server_is_a_clear_error(tmp_path):
     import socket
 
