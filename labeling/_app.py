@@ -11,8 +11,9 @@ database's JSON columns are in :mod:`cleanloop.labeling._sqlite_driver`):
   is built once and reused. Adapters are stateless, so validation is the same.
 * Each logged record builds its webhook event (a dataset query with five eager loads and a
   schema dump) before the server finds that no webhook is enabled and drops it. The event is
-  now built only when an enabled webhook exists, checked per call, so ``cleanloop
-  retrain-loop --webhooks`` gets every event it subscribes to.
+  now built only when an enabled webhook exists, so ``cleanloop retrain-loop --webhooks`` gets
+  every event it subscribes to. Whether one exists is asked once per database session (one
+  request), not once per record (500 queries for a bulk of 500).
 * Request bodies (500 records with 384-float vectors) are parsed with orjson, falling back to
   the standard library for what only it reads (NaN). JSON responses (a bulk upsert echoes its
   records back) are written with orjson too: the same values in compact UTF-8
@@ -22,8 +23,6 @@ database's JSON columns are in :mod:`cleanloop.labeling._sqlite_driver`):
   every batch, compiled afresh (about a sixth of the server's time per record). The same upsert
   now runs with the rows as parameters, so SQLAlchemy compiles it once and sends the rows in
   batches ("insertmanyvalues"): same SQL per row, same rows returned.
-* A bulk upsert asked the database for the enabled webhooks once per record (500 queries for a
-  batch); it now asks once per bulk and, when there are none, skips the per-record events.
 * ``parsed_settings`` of a question or metadata property validated its settings into a pydantic
   object on each call (once per record and question); the result is kept on the object and
   rebuilt when the settings differ from the ones it was built from.
@@ -84,19 +83,14 @@ def _speed_ups() -> None:
     notify = records_bulk.notify_record_event_v1
 
     async def notify_if_subscribed(db, record_event, record):
-        if not await webhooks.list_enabled_webhooks(db):
+        enabled = db.info.get("cleanloop_webhooks_enabled")  # asked once per session (one request)
+        if enabled is None:
+            enabled = db.info["cleanloop_webhooks_enabled"] = bool(await webhooks.list_enabled_webhooks(db))
+        if not enabled:
             return []
         return await notify(db, record_event, record)
 
     records_bulk.notify_record_event_v1 = notify_if_subscribed
-
-    notify_upserts = records_bulk.UpsertRecordsBulk._notify_upsert_record_events
-
-    async def notify_upserts_if_subscribed(self, records):
-        if await webhooks.list_enabled_webhooks(self._db):
-            await notify_upserts(self, records)
-
-    records_bulk.UpsertRecordsBulk._notify_upsert_record_events = notify_upserts_if_subscribed
 
     async def upsert_many(cls, db, objects, constraints, autocommit=True):
         if len(objects) == 0:
@@ -130,6 +124,9 @@ def _speed_ups() -> None:
 
         model.parsed_settings = property(parsed_settings)
 
+    remember_parsed_settings(database.Question)
+    remember_parsed_settings(database.MetadataProperty)
+
     async def validate_new_record(cls, record_create, dataset):
         record = SimpleNamespace(fields=record_create.fields, dataset=dataset)  # what the checks read
         cls._validate_fields(record_create.fields, dataset)
@@ -139,9 +136,6 @@ def _speed_ups() -> None:
         await cls._validate_responses(record_create.responses, dataset, record=record)
 
     record_validators.RecordCreateValidator.validate = classmethod(validate_new_record)
-
-    remember_parsed_settings(database.Question)
-    remember_parsed_settings(database.MetadataProperty)
     requests.json = SimpleNamespace(loads=json_loads)  # the name Request.json() looks up
     responses.JSONResponse.render = lambda self, content: response_json(content)
 
