@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 from common import RESULTS, machine
 
+from cleanloop.atomic import write_text
 from cleanloop.config import Config
 from cleanloop.loops.active import (ActiveOptions, EmbeddingLogReg, FinetuneLearner, SetFitLearner, fit_and_score,
                                     learner_kind, seed_indices)
@@ -154,10 +155,7 @@ def plot(curves: dict, target: float, title: str, path: Path) -> None:
 
 def write_result(result: dict, curves: dict, output: Path, title: str) -> None:
     """The JSON (temp file + rename) and the learning-curve PNG next to it."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, output)
+    write_text(output, json.dumps(result, indent=2) + "\n")
     plot(curves, result["target_accuracy"], title, output.with_suffix(".png"))
 
 

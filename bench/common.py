@@ -7,6 +7,8 @@ import os
 import platform
 from pathlib import Path
 
+from cleanloop.atomic import write_text
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -35,8 +37,4 @@ def update_results(name: str, part: dict) -> Path:
         else:
             data[key] = val
     data["machine"] = machine()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, json.dumps(data, indent=2) + "\n")

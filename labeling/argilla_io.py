@@ -29,6 +29,7 @@ import numpy as np
 
 from cleanloop.config import Config
 from cleanloop.errors import CleanloopError
+from cleanloop.identity import example_fingerprint
 
 __all__ = [
     "GUIDELINES",
@@ -52,6 +53,7 @@ log = logging.getLogger("cleanloop.argilla")
 
 QUESTION = "label"
 VECTOR = "embedding"
+FINGERPRINT = "fingerprint"
 GUIDELINES = """\
 # Check the label of each text
 
@@ -91,6 +93,7 @@ class ReviewRecord:
     round: int = 0
     flagged_by: tuple[str, ...] = ()
     vector: tuple[float, ...] | None = None
+    fingerprint: str | None = None  # the example's content fingerprint (cleanloop.identity), stored as metadata
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class Response:
     given_label: str | None = None
     suggestion: Suggestion | None = None
     round: int | None = None
+    fingerprint: str | None = None  # of the example the record was pushed for (None: pushed before fingerprints)
 
 
 # --- the mapping (pure) ---------------------------------------------------------------------------
@@ -132,11 +136,19 @@ def dataset_settings(label_names: Sequence[str], vector_dim: int | None = None, 
             rg.FloatMetadataProperty("loss", title="Loss (high = doubtful)", **c),
             rg.IntegerMetadataProperty("round", title="Review round", **c),
             rg.TermsMetadataProperty("flagged_by", title="Flagged by", **c),
+            _fingerprint_property(client),
         ],
         vectors=[rg.VectorField(VECTOR, dimensions=int(vector_dim), title="Embedding", _client=client)]
         if vector_dim else [],
         allow_extra_metadata=False,
     )
+
+
+def _fingerprint_property(client):
+    import argilla as rg
+
+    return rg.TermsMetadataProperty(FINGERPRINT, title="Example fingerprint", visible_for_annotators=False,
+                                    client=client)
 
 
 def to_argilla_record(rec: ReviewRecord):
@@ -154,6 +166,8 @@ def to_argilla_record(rec: ReviewRecord):
             metadata[key] = float(value)
     if rec.flagged_by:
         metadata["flagged_by"] = list(rec.flagged_by)
+    if rec.fingerprint:
+        metadata[FINGERPRINT] = rec.fingerprint
     suggestions = []
     if rec.suggestion is not None:
         suggestions.append(rg.Suggestion(QUESTION, rec.suggestion.label, score=float(rec.suggestion.score),
@@ -186,7 +200,7 @@ def responses_from_record(model, usernames: Mapping[str, str]) -> list[Response]
         if status == "submitted" and label is None:
             continue  # submitted without an answer to our question: nothing to learn
         out.append(Response(str(model.external_id), usernames.get(str(r.user_id), str(r.user_id)), label, status,
-                            meta.get("given_label"), sugg, meta.get("round")))
+                            meta.get("given_label"), sugg, meta.get("round"), meta.get(FINGERPRINT)))
     return out
 
 
@@ -205,6 +219,7 @@ def records_from_queue(queue, round: int, agent: str, embeddings: np.ndarray | N
             suggestion=Suggestion(str(row.suggested_label), float(row.suggested_score), agent),
             label_quality=float(row.label_quality), loss=float(row.loss), round=int(round),
             flagged_by=tuple(flagged_by), vector=tuple(np.asarray(embeddings[n], dtype=float)) if embeddings is not None else None,
+            fingerprint=example_fingerprint("train", str(row.text)),
         ))
     return out
 
@@ -271,11 +286,17 @@ def ensure_dataset(client, cfg: Config, label_names: Sequence[str], vector_dim: 
                    guidelines: str = GUIDELINES):
     """The review dataset ``cfg.argilla_dataset`` in ``cfg.argilla_workspace``, created when missing.
 
-    An existing dataset must ask for the same labels (and vector size).
+    An existing dataset must ask for the same labels (and vector size). A draft (created, never
+    published: a crash in between) holds no records: it is deleted and created again.
     """
     import argilla as rg
 
     dataset = get_dataset(client, cfg)
+    if dataset is not None and client.api.datasets.get(dataset.id).status == "draft":
+        log.info("Argilla dataset %r is an unpublished draft (left by an interrupted push): creating it again",
+                 cfg.argilla_dataset)
+        dataset.delete()
+        dataset = None
     if dataset is None:
         if client.workspaces(cfg.argilla_workspace) is None:
             raise CleanloopError(
@@ -297,6 +318,10 @@ def ensure_dataset(client, cfg: Config, label_names: Sequence[str], vector_dim: 
             f"Argilla dataset {cfg.argilla_dataset!r} has no {vector_dim}-d vector '{VECTOR}'; "
             "fix: pass another --argilla-dataset"
         )
+    if FINGERPRINT not in [m.name for m in dataset.settings.metadata]:  # made before fingerprints: add the property
+        dataset.settings.metadata.add(_fingerprint_property(client))
+        dataset.settings.metadata[FINGERPRINT].dataset = dataset
+        dataset.settings.metadata[FINGERPRINT].create()
     return dataset
 
 

@@ -38,6 +38,7 @@ from cleanloop.errors import CleanloopError
 __all__ = ["ACTIONS", "Decision", "Journal", "PullResult", "Vote", "majority_vote", "reconcile"]
 
 ACTIONS = ("corrected", "confirmed", "removed", "open")
+WITHDRAWN = "withdrawn"  # a vote's status when the answer is no longer there (discarded -> draft, record deleted)
 #: cleanlab's multi-annotator consensus quality is computed when at least this many examples
 #: carry two or more label votes (fewer gives it nothing to estimate annotator quality from).
 MIN_OVERLAP = 5
@@ -91,7 +92,7 @@ class Vote:
     example_id: str
     annotator: str
     label: str | None
-    status: str = "submitted"  # "submitted" or "discarded"
+    status: str = "submitted"  # "submitted" or "discarded"; in the journal also "withdrawn" (the answer is gone)
 
 
 @dataclass(frozen=True)
@@ -195,18 +196,24 @@ def reconcile(
     """One decision per example from the annotators' latest votes (majority vote; tie -> ``open``).
 
     votes: in the order given, a later vote of the same annotator on the same example replaces
-    an earlier one. old_labels: example id -> the label the data has. ``consensus_quality`` is
+    an earlier one (a ``withdrawn`` one takes it back; with none left the example is ``open``). old_labels: example id -> the label the data has. ``consensus_quality`` is
     filled in when ``label_names`` and ``pred_probs`` are given and the overlap is enough.
     """
     latest: dict[str, dict[str, str | None]] = {}
     for v in votes:
         latest.setdefault(v.example_id, {})[v.annotator] = v.label
-    quality = consensus_quality(latest, label_names, pred_probs) if label_names and pred_probs else {}
+        if v.status == WITHDRAWN:
+            del latest[v.example_id][v.annotator]
+    answered = {e: by for e, by in latest.items() if by}
+    quality = consensus_quality(answered, label_names, pred_probs) if label_names and pred_probs else {}
     out = []
     for ex_id, by_annotator in latest.items():
         if ex_id not in old_labels:
             raise CleanloopError(f"vote on example {ex_id!r}, which has no known label; fix: pass its old label")
         old = old_labels[ex_id]
+        if not by_annotator:  # every answer withdrawn: no decision, the original label stays
+            out.append(Decision(ex_id, old, None, "open", (), 0.0, None, round, time))
+            continue
         winner, agreement, decided = majority_vote(list(by_annotator.values()))
         if not decided:
             action, new = "open", None
@@ -284,12 +291,15 @@ class Journal:
     def record_pull(
         self, votes: Iterable[Vote], old_labels: Mapping[str, str], round: int, *,
         label_names: Sequence[str] | None = None, pred_probs: Mapping[str, np.ndarray] | None = None,
-        now: datetime | None = None,
+        now: datetime | None = None, complete: bool = False,
     ) -> PullResult:
         """Append the new votes of one pull and the decisions that change, in one transaction.
 
         votes: every answer read from the review tool (already-seen ones are skipped).
         old_labels: example id -> label in the data, for every example voted on.
+        complete: ``votes`` are all the answers there are now, so an earlier answer missing from
+        them was withdrawn (made a draft again, or its record deleted): it is journalled as a
+        ``withdrawn`` vote and the example's decision is made again without it.
         """
         stamp = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
         votes = list(votes)
@@ -313,6 +323,15 @@ class Journal:
                 latest[(v.example_id, v.annotator)] = (v.label, v.status)
                 new_votes += 1
                 touched.add(v.example_id)
+            if complete:
+                present = {(v.example_id, v.annotator) for v in votes}
+                for (e, a), (_, st) in list(latest.items()):
+                    if st != WITHDRAWN and (e, a) not in present:
+                        db.execute("INSERT INTO votes (pull_id, example_id, annotator, label, status) "
+                                   "VALUES (?, ?, ?, NULL, ?)", (pull_id, e, a, WITHDRAWN))
+                        latest[(e, a)] = (None, WITHDRAWN)
+                        new_votes += 1
+                        touched.add(e)
             all_votes = [Vote(e, a, lbl, st) for (e, a), (lbl, st) in latest.items()]
             current = self.current()
             olds = {e: current[e].old_label if e in current else old_labels.get(e) for e in touched}

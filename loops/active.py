@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cleanloop.atomic import save_npy, write_json
 from cleanloop.config import Config
 from cleanloop.errors import CleanloopError
 from cleanloop.loops.strategies import STRATEGIES, Pool, make_strategy
@@ -300,16 +300,6 @@ def active_data(cfg: Config, opts: ActiveOptions):
     return datasets.DatasetDict(out)
 
 
-def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
-
-
-# --- the loop ---------------------------------------------------------------------------------------
-
-
 def _make_learner(kind: str, cfg: Config, opts: ActiveOptions, folder: Path) -> Learner:
     if kind == "setfit":
         return SetFitLearner(opts, cfg.seed)
@@ -345,7 +335,7 @@ def run_active(cfg: Config, opts: ActiveOptions, *, client=None, home: str | Pat
     import pandas as pd
 
     from cleanloop.labeling.journal import Journal
-    from cleanloop.loops.retrain import (LoopState, _version, _write_json_atomic, journal_path, lazy_client, loop_root,
+    from cleanloop.loops.retrain import (LoopState, _version, journal_path, lazy_client, loop_root,
                                          pull_step, push_step, round_stats, run_rounds, versions_root,
                                          wait_for_reviews)
     from cleanloop.loops.versions import write_version
@@ -365,7 +355,7 @@ def run_active(cfg: Config, opts: ActiveOptions, *, client=None, home: str | Pat
                 f"{root} was started with {', '.join(f'{k}={before.get(k)!r}' for k in changed)}, not "
                 f"{', '.join(f'{k}={getattr(opts, k)!r}' for k in changed)}: the seed labels would differ; "
                 "fix: pass the same options to resume, or another --workdir to start over")
-    _write_json_atomic(options_file, opts.to_dict())
+    write_json(options_file, opts.to_dict())
     strategy = make_strategy(opts.strategy)
     original = active_data(cfg, opts)
     pool = original["train"]
@@ -385,7 +375,7 @@ def run_active(cfg: Config, opts: ActiveOptions, *, client=None, home: str | Pat
         def do(step: str) -> None:
             if step == "train":
                 probs, info = _train(acfg, opts, version, folder, previous_model(rnd))
-                _save_npy_atomic(folder / "probs.npy", probs)
+                save_npy(folder / "probs.npy", probs)
                 res.update(info)
             elif step == "query":
                 probs = np.load(folder / "probs.npy")
@@ -430,7 +420,7 @@ def run_active(cfg: Config, opts: ActiveOptions, *, client=None, home: str | Pat
                    name="active")
         rows = [{k: v for k, v in r.items() if k != "pushed_ids"}
                 for _, r in sorted(state.rounds.items(), key=lambda kv: int(kv[0]))]
-        _write_json_atomic(root / "history.json", rows + ([state.final] if state.final else []))
+        write_json(root / "history.json", rows + ([state.final] if state.final else []))
         return state
     finally:
         journal.close()

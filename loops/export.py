@@ -11,6 +11,7 @@ checked without the network; the defaults are ``DatasetDict.push_to_hub`` and ``
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections import Counter
@@ -18,9 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cleanloop.atomic import write_folder
 from cleanloop.errors import CleanloopError
 
-__all__ = ["CleaningInfo", "cleaning_counts", "dataset_card", "export_dataset", "export_model",
+EXPORT_MARKER = ".cleanloop-export.json"  # in every folder export writes: what it wrote there
+
+__all__ = ["CleaningInfo", "check_export_folder", "cleaning_counts", "dataset_card", "export_dataset", "export_model",
            "hub_token", "push_dataset_to_hub", "push_model_to_hub"]
 
 
@@ -113,26 +117,65 @@ def dataset_card(version, info: CleaningInfo, pretty_name: str = "cleaned datase
     return "\n".join(lines)
 
 
-def export_dataset(version, folder: str | Path, info: CleaningInfo, *, keep_removed: bool = False,
-                   pretty_name: str = "cleaned dataset") -> Path:
-    """Write ``folder/data/<split>.parquet`` and ``folder/README.md`` (temp folder, then renamed).
+def check_export_folder(folder: str | Path, overwrite: bool = False) -> None:
+    """Raise unless cleanloop may write ``folder``: new, empty, or an earlier export of cleanloop's.
 
-    Removed examples are left out unless ``keep_removed``. ``datasets.load_dataset(folder)``
-    gives back the same rows, features and label names.
+    An earlier export (it has the marker file) is replaced only with ``overwrite``, and only when
+    every file in it is one cleanloop wrote: nothing of the user's is ever deleted.
     """
     folder = Path(folder)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise CleanloopError(f"{folder} is a file, not a folder; fix: export to a new or empty folder")
+    if not any(folder.iterdir()):
+        return
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir())
+    try:
+        ours = set(json.loads((folder / EXPORT_MARKER).read_text())["files"]) | {EXPORT_MARKER}
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CleanloopError(
+            f"{folder} is not empty ({len(files)} files, e.g. {', '.join(files[:3]) or 'folders'}) and was not made by "
+            "cleanloop export; fix: export to a new or empty folder (cleanloop never writes over files it did not make)"
+        ) from None
+    if not overwrite:
+        raise CleanloopError(f"{folder} holds an earlier cleanloop export; fix: add --overwrite to replace it, "
+                             "or export to a new folder")
+    foreign = [f for f in files if f not in ours]
+    if foreign:
+        raise CleanloopError(f"{folder} holds an earlier cleanloop export, but also {len(foreign)} file(s) cleanloop "
+                             f"did not write ({', '.join(foreign[:3])}); fix: move them out, then export again")
+
+
+def _write_export(folder: Path, kind: str, build: Callable[[Path], None], overwrite: bool) -> Path:
+    """Check the folder, build it in a temp folder, add the marker listing the files, rename it into place."""
+    check_export_folder(folder, overwrite)
+
+    def with_marker(tmp: Path) -> None:
+        build(tmp)
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if not p.is_dir())
+        (tmp / EXPORT_MARKER).write_text(json.dumps({"kind": kind, "files": files}, indent=2))
+
+    return write_folder(folder, with_marker)
+
+
+def export_dataset(version, folder: str | Path, info: CleaningInfo, *, keep_removed: bool = False,
+                   pretty_name: str = "cleaned dataset", overwrite: bool = False) -> Path:
+    """Write ``folder/data/<split>.parquet`` and ``folder/README.md`` (temp folder, then renamed).
+
+    ``folder`` must be new, empty, or an earlier export (replaced with ``overwrite``; see
+    :func:`check_export_folder`). Removed examples are left out unless ``keep_removed``.
+    ``datasets.load_dataset(folder)`` gives back the same rows, features and label names.
+    """
     data = _drop_removed(version, keep_removed)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "data").mkdir(parents=True)
-    for split, ds in data.items():
-        ds.to_parquet(str(tmp / "data" / f"{split}.parquet"))
-    (tmp / "README.md").write_text(dataset_card(version, info, pretty_name, exported=data))
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, folder)
-    return folder
+
+    def build(tmp: Path) -> None:
+        (tmp / "data").mkdir()
+        for split, ds in data.items():
+            ds.to_parquet(str(tmp / "data" / f"{split}.parquet"))
+        (tmp / "README.md").write_text(dataset_card(version, info, pretty_name, exported=data))
+
+    return _write_export(Path(folder), "dataset", build, overwrite)
 
 
 def hub_token(token: str | None = None) -> str:
@@ -147,7 +190,7 @@ def _default_push(dd, **kwargs):
     return dd.push_to_hub(**kwargs)
 
 
-def push_dataset_to_hub(version, repo_id: str, info: CleaningInfo, *, private: bool = False, token: str | None = None,
+def push_dataset_to_hub(version, repo_id: str, info: CleaningInfo, *, private: bool = True, token: str | None = None,
                         keep_removed: bool = False, push: Callable | None = None, api=None) -> str:
     """Push the cleaned ``DatasetDict`` to the Hub as ``repo_id``, then its card as README.md.
 
@@ -169,29 +212,28 @@ def push_dataset_to_hub(version, repo_id: str, info: CleaningInfo, *, private: b
     return repo_id
 
 
-def export_model(model_folder: str | Path, dest: str | Path, info: CleaningInfo | None = None) -> Path:
+def export_model(model_folder: str | Path, dest: str | Path, info: CleaningInfo | None = None, *,
+                 overwrite: bool = False) -> Path:
     """Copy a trained model folder (``save_pretrained`` output or a features model) with its card.
 
     The training dynamics are left out; the card gets a line on the data it was trained on.
+    ``dest`` must be new, empty, or an earlier export (see :func:`check_export_folder`).
     """
-    src, dest = Path(model_folder), Path(dest)
+    src = Path(model_folder)
     if not (src / "README.md").exists():
         raise CleanloopError(f"{src} is not a model folder written by cleanloop (no README.md); fix: train first")
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("dynamics.npz", "*.tmp"))
-    if info is not None:
-        with open(tmp / "README.md", "a") as fh:
-            fh.write(f"\n## Training data\n\nTrained on data cleaned by cleanloop ({info.rounds} review round(s), "
-                     f"{info.reviewed:,} examples reviewed).\n")
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, dest)
-    return dest
+
+    def build(tmp: Path) -> None:
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("dynamics.npz", "*.tmp"), dirs_exist_ok=True)
+        if info is not None:
+            with open(tmp / "README.md", "a") as fh:
+                fh.write(f"\n## Training data\n\nTrained on data cleaned by cleanloop ({info.rounds} review round(s), "
+                         f"{info.reviewed:,} examples reviewed).\n")
+
+    return _write_export(Path(dest), "model", build, overwrite)
 
 
-def push_model_to_hub(model_folder: str | Path, repo_id: str, *, private: bool = False, token: str | None = None,
+def push_model_to_hub(model_folder: str | Path, repo_id: str, *, private: bool = True, token: str | None = None,
                       api=None) -> str:
     """Create the model repo and upload the folder (model, tokenizer, card) with ``HfApi``."""
     if "/" not in repo_id:

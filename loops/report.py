@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cleanloop.atomic import write_file, write_text
+
 
 def _plt():
     import matplotlib
@@ -47,7 +49,7 @@ def plot_flag_matrix(scores: pd.DataFrame, label_names: list[str], path: Path) -
     ax.set_title(f"{len(flagged):,} flagged examples")
     fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_file(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
     return path
 
@@ -79,7 +81,7 @@ def plot_embedding_map(xy: np.ndarray, scores: pd.DataFrame, label_names: list[s
     for ax in list(axes.flat)[len(label_names):]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_file(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
     return path
 
@@ -131,5 +133,5 @@ def write_report(
         plot_embedding_map(xy, scores, label_names, outdir / "embedding_map.png")
         lines += ["", "## Map of the embeddings (UMAP), flagged examples in black", "", "![map](embedding_map.png)"]
     path = outdir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
     return path

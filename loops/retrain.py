@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cleanloop.atomic import save_npy, write_file, write_json, write_text
 from cleanloop.config import Config
 from cleanloop.errors import CleanloopError
 from cleanloop.labeling.journal import Journal, Vote
@@ -107,16 +106,6 @@ def _share_cache(cfg: Config, rcfg: Config) -> None:
 # --- the state file -------------------------------------------------------------------------------------
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 @dataclass
 class LoopState:
     """What is done: the current round, the steps of it that finished, and every round's results."""
@@ -137,7 +126,7 @@ class LoopState:
             raise CleanloopError(f"{path} is not a loop state file ({exc}); fix: move it away to start over") from None
 
     def save(self, path: Path) -> None:
-        _write_json_atomic(path, asdict(self))
+        write_json(path, asdict(self))
 
     def result(self, rnd: int) -> dict:
         return self.rounds.setdefault(str(rnd), {"round": rnd})
@@ -187,7 +176,7 @@ def flag_step(rcfg: Config, train_ds, max_review: int, skip_ids: set[str]) -> Fl
     write_parquet_atomic(queue, out / "review_queue.parquet")
     emb = embed_queue(rcfg, train_ds, queue, feats)
     if emb is not None:
-        np.save(out / "queue_embeddings.npy", emb)
+        save_npy(out / "queue_embeddings.npy", emb)
     return FlagResult(scores, queue, emb)
 
 
@@ -232,7 +221,13 @@ def push_step(client, cfg: Config, queue, embeddings, label_names: list[str], rn
 
 
 def pull_step(client, cfg: Config, journal: Journal, original_train, rnd: int):
-    """Read every answer, append what is new to the journal (one transaction). Returns the PullResult."""
+    """Read every answer, append what is new to the journal (one transaction). Returns the PullResult.
+
+    An answer withdrawn since the last pull (its record deleted, or back to draft) is journalled
+    as withdrawn and the example decided again. Answers on a record whose fingerprint is not the
+    local example's (another text under that id) are refused, with nothing written.
+    """
+    from cleanloop.identity import fingerprints
     from cleanloop.labeling import argilla_io as aio
 
     dataset = aio.get_dataset(client, cfg)
@@ -248,10 +243,19 @@ def pull_step(client, cfg: Config, journal: Journal, original_train, rnd: int):
         log.warning("%d answered records are not in this data's train split (e.g. %s): left out",
                     len(unknown), unknown[0])
     responses = [r for r in responses if r.example_id in old]
+    local = fingerprints(original_train, "train")
+    wrong = sorted({r.example_id for r in responses if r.fingerprint is not None and r.fingerprint != local[r.example_id]})
+    if wrong:
+        raise CleanloopError(
+            f"{len(wrong)} answered record(s) in Argilla dataset {cfg.argilla_dataset!r} were pushed for another text "
+            f"than the local example with that id ({', '.join(wrong[:5])}); nothing was written; fix: the data changed "
+            "since the push or another workdir shares the dataset: pull into the workdir that pushed, or use a new "
+            "--argilla-dataset (give rows stable ids with --id-column)"
+        )
     probs = {r.example_id: aio.suggestion_probs(r.suggestion, names) for r in responses
              if r.suggestion is not None and r.suggestion.label in names}
     votes = [Vote(r.example_id, r.annotator, r.label, r.status) for r in responses]
-    return journal.record_pull(votes, old, rnd, label_names=names, pred_probs=probs)
+    return journal.record_pull(votes, old, rnd, label_names=names, pred_probs=probs, complete=True)
 
 
 def round_stats(journal: Journal, rnd: int) -> dict:
@@ -385,15 +389,22 @@ def run_loop(cfg: Config, opts: LoopOptions, *, client=None, home: str | Path | 
     ARGILLA_API_KEY or the embedded server's credentials in ``home``). on_step(round, step, result)
     is called after each step is checkpointed.
     """
+    from cleanloop.lock import workdir_lock
+
+    with workdir_lock(cfg.workpath, "cleanloop retrain-loop"):
+        return _run_loop(cfg, opts, client, home, display, on_step)
+
+
+def _run_loop(cfg, opts, client, home, display, on_step) -> LoopState:
     from cleanloop.labeling import argilla_io as aio
     from cleanloop.loops.versions import training_view, write_version
-    from cleanloop.model.data import load_data
+    from cleanloop.identity import load_workdir_data
 
     root = loop_root(cfg)
     state_file = root / "state.json"
     state = LoopState.load(state_file)
     max_review = cfg.max_review if opts.max_review is None else opts.max_review
-    original = load_data(cfg)
+    original = load_workdir_data(cfg)
     names = original["train"].features["label"].names
     journal = Journal(journal_path(cfg))
     connected = lazy_client(cfg, home, client)
@@ -476,7 +487,7 @@ def write_history(cfg: Config, state: LoopState) -> Path:
 
     root = loop_root(cfg)
     rows = history(state)
-    _write_json_atomic(root / "history.json", rows)
+    write_json(root / "history.json", rows)
     labels = [str(r["round"]) for r in rows]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for key, style in (("test_accuracy", "o-"), ("test_macro_f1", "s--"), ("val_accuracy", "o:")):
@@ -493,7 +504,7 @@ def write_history(cfg: Config, state: LoopState) -> Path:
     a2.set_title("reviews per round")
     a2.legend()
     fig.tight_layout()
-    fig.savefig(root / "history.png", dpi=110)
+    write_file(root / "history.png", lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
 
     def fmt(v):
@@ -508,5 +519,5 @@ def write_history(cfg: Config, state: LoopState) -> Path:
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     lines += ["", "![history](history.png)", ""]
     report = root / "report.md"
-    report.write_text("\n".join(lines))
+    write_text(report, "\n".join(lines))
     return report

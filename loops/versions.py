@@ -24,11 +24,10 @@ what happened, and :func:`training_view` leaves it out).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from cleanloop.atomic import write_folder
 from cleanloop.errors import CleanloopError
 from cleanloop.labeling.journal import Decision, Journal
 
@@ -100,30 +99,20 @@ def version_dir(root: str | Path, round: int) -> Path:
 def write_version(dd, journal: Journal, root: str | Path, round: int, upto_seq: int | None = None) -> Path:
     """Apply the journal (up to decision ``upto_seq``) to the original ``dd`` and save the version.
 
-    Written with ``save_to_disk`` to a temporary folder that is renamed into place, so a crash
+    Written with ``save_to_disk`` to a temporary folder that is renamed into place (:func:`write_folder`), so a crash
     never leaves half a version; writing the same round again replaces it with the same content.
     Returns the folder (``root/round-NNN``), which also holds ``cleanloop_version.json``.
     """
     seq = journal.last_seq() if upto_seq is None else upto_seq
     version = apply_decisions(dd, journal.current(seq))
-    final = version_dir(root, round)
-    tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    version.save_to_disk(str(tmp))
     counts = {split: {s: int(sum(x == s for x in ds["label_source"])) for s in SOURCES} for split, ds in version.items()}
-    (tmp / VERSION_META).write_text(json.dumps({"round": round, "journal_seq": seq, "journal": str(journal.path),
-                                                "label_sources": counts}, indent=2))
-    if final.exists():
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, final)
-    return final
+
+    def build(tmp: Path) -> None:
+        version.save_to_disk(str(tmp))
+        (tmp / VERSION_META).write_text(json.dumps({"round": round, "journal_seq": seq, "journal": str(journal.path),
+                                                    "label_sources": counts}, indent=2))
+
+    return write_folder(version_dir(root, round), build)
 
 
 def load_version(path: str | Path):

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cleanloop.atomic import write_file
 from cleanloop.config import Config
 from cleanloop.errors import CleanloopError
 
@@ -336,7 +337,7 @@ def plot_describe(dd, outdir: Path) -> list[Path]:
     ax.set_xlabel("examples")
     fig.tight_layout()
     freq = outdir / "class_frequencies.png"
-    fig.savefig(freq, dpi=120)
+    write_file(freq, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
 
     order = list(counts.index[::-1])
@@ -347,6 +348,6 @@ def plot_describe(dd, outdir: Path) -> list[Path]:
     ax.set_ylabel("words")
     fig.tight_layout()
     words = outdir / "words_per_example.png"
-    fig.savefig(words, dpi=120)
+    write_file(words, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
     return [freq, words]

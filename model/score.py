@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cleanloop.atomic import write_file
 from cleanloop.model.predict import Predictor
 
 
@@ -52,23 +51,6 @@ def score_frame(
     return df
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it into place.
-
-    A crash or Ctrl-C leaves either the old file or the new one, never half of one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def write_parquet_atomic(df: pd.DataFrame, path: Path) -> Path:
-    """Write ``df`` as parquet to ``path`` atomically (see :func:`atomic_write`)."""
-    return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+    """Write ``df`` as parquet to ``path`` atomically (:func:`cleanloop.atomic.write_file`)."""
+    return write_file(path, lambda tmp: df.to_parquet(tmp, index=False))

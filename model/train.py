@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from cleanloop import __version__
+from cleanloop.atomic import folder_tmp, replace_folder, save_npy
 from cleanloop.config import Config
 from cleanloop.model.card import model_card
 from cleanloop.model.infer import classifier_step, encoder_step, forward_batches, resolve_model_name
@@ -56,18 +57,6 @@ class TrainResult:
 def model_dir(cfg: Config) -> Path:
     """Where ``cleanloop train`` puts the model of ``cfg.method``."""
     return cfg.workpath / ("model" if cfg.method == "finetune" else "features")
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place so a crash never leaves a half-written model."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def evaluate_splits(probs_by_split: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], out: Path, title: str):
@@ -130,9 +119,6 @@ class ClassifierTrainer:
         enc = enc.remove_columns([c for c in enc["train"].column_names if c not in keep])
         has_val = "validation" in dd
         per_epoch = cfg.epochs > 1 and has_val
-        tmp = out.with_name(out.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
         args = TrainingArguments(
             output_dir=str(cfg.workpath / "checkpoints"),
             num_train_epochs=cfg.epochs,
@@ -216,7 +202,7 @@ class ClassifierTrainer:
         if not trainer.is_world_process_zero():
             return TrainResult(out, {}, seconds, main_process=False)
 
-        tmp.mkdir(parents=True)
+        tmp = folder_tmp(out)
         trainer.save_model(str(tmp))
         model = trainer.model
         eval_probs = {}
@@ -238,7 +224,7 @@ class ClassifierTrainer:
             )
         self._write(tmp, metrics, info, names)
         shutil.rmtree(cfg.workpath / "checkpoints", ignore_errors=True)
-        _replace_dir(tmp, out)
+        replace_folder(tmp, out)
         return TrainResult(out, metrics, seconds, [out / p.name for p in pngs])
 
     # --- frozen features + logistic regression -----------------------------------
@@ -259,10 +245,7 @@ class ClassifierTrainer:
         seconds = time.perf_counter() - start
         dummy = DummyClassifier(strategy="most_frequent").fit(feats["train"], y["train"])
 
-        tmp = out.with_name(out.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        tmp = folder_tmp(out)
         eval_probs, dummy_probs = {}, {}
         for split in ("validation", "test"):
             if split in dd:
@@ -280,7 +263,7 @@ class ClassifierTrainer:
             )
         )
         self._write(tmp, metrics, self._run_info(dd, seconds, 0), names)
-        _replace_dir(tmp, out)
+        replace_folder(tmp, out)
         return TrainResult(out, metrics, seconds, [out / p.name for p in pngs])
 
     # --- shared ------------------------------------------------------------------
@@ -335,8 +318,5 @@ def extract_features(cfg: Config, ds) -> np.ndarray:
         feats = forward_batches(
             model, tok, list(ds["text"]), encoder_step(cfg.pooling), cfg.eval_batch_size, cfg.max_length, bar.update
         )["features"]
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npy")
-    np.save(tmp, feats)
-    os.replace(tmp, cache)
+    save_npy(cache, feats)
     return feats

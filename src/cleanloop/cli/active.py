@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cleanloop.cli.loop import ReviewProgress, _home_option, review_wait_options
-from cleanloop.cli.options import app, config_options
+from cleanloop.cli.options import app, config_options, writes_workdir
 from cleanloop.config import Config
 from cleanloop.loops.active import ActiveOptions
 from cleanloop.loops.strategies import STRATEGIES
@@ -31,6 +31,7 @@ from cleanloop.loops.strategies import STRATEGIES
               help="A fine-tune on few labels runs enough epochs to see at least this many examples.")
 @review_wait_options
 @click.option("--non-interactive", is_flag=True, help="No progress bar: one log line per change (CI).")
+@writes_workdir
 def active(cfg: Config, home, strategy, batch, rounds, seed_per_class, switch_per_class, pool, setfit_iterations,
            min_train_examples, min_reviewed, review_timeout, poll_seconds, non_interactive) -> None:
     """Active learning: label what the model learns most from, in Argilla dataset <argilla-dataset>-label.

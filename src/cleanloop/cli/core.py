@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from cleanloop.cli.options import app, config_options
+from cleanloop.cli.options import app, config_options, writes_workdir
 from cleanloop.config import Config
 from cleanloop.errors import CleanloopError
 
@@ -31,6 +31,7 @@ def data() -> None:
 @config_options
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for the PNG plots (default: WORKDIR/data).")
+@writes_workdir
 def data_describe(cfg: Config, plots_dir: str | None) -> None:
     """Class distribution and words per example per class; writes the two plots as PNG."""
     from cleanloop.model.data import describe, load_data, plot_describe
@@ -53,12 +54,13 @@ def data_describe(cfg: Config, plots_dir: str | None) -> None:
 
 @app.command()
 @config_options
+@writes_workdir
 def train(cfg: Config) -> None:
     """Train the classifier (fine-tune, or --method features) and evaluate it on validation and test."""
-    from cleanloop.model.data import load_data
+    from cleanloop.identity import load_workdir_data
     from cleanloop.model.train import ClassifierTrainer
 
-    dd = load_data(cfg)
+    dd = load_workdir_data(cfg)
     sizes = ", ".join(f"{s} {len(d):,}" for s, d in dd.items())
     log.info("data: %s (%s); method %s; base model %s", cfg.dataset, sizes, cfg.method, cfg.base_model)
     result = ClassifierTrainer(cfg).train(dd)
@@ -83,11 +85,12 @@ def train(cfg: Config) -> None:
               help="Split(s) to score.")
 @click.option("--output", "output_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for <split>.parquet (default: WORKDIR/scores).")
+@writes_workdir
 def score(cfg: Config, model_path: str | None, splits: tuple[str, ...], output_dir: str | None) -> None:
     """Score every example: probabilities, prediction, per-sample loss and embedding, as parquet keyed by id."""
     from tqdm.auto import tqdm
 
-    from cleanloop.model.data import load_data
+    from cleanloop.identity import load_workdir_data
     from cleanloop.model.predict import Predictor
     from cleanloop.model.score import score_frame, write_parquet_atomic
     from cleanloop.model.train import model_dir
@@ -96,7 +99,7 @@ def score(cfg: Config, model_path: str | None, splits: tuple[str, ...], output_d
     if not folder.exists():
         raise CleanloopError(f"no model at {folder}; fix: run 'cleanloop train' first or pass --model")
     predictor = Predictor.load(folder, max_length=cfg.max_length)
-    dd = load_data(cfg)
+    dd = load_workdir_data(cfg)
     if predictor.label_names != dd["train"].features["label"].names:
         raise CleanloopError(
             f"model {folder} predicts {predictor.label_names} but the data has labels "

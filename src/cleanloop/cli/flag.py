@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from cleanloop.cli.options import app, config_options
+from cleanloop.atomic import save_npy
+from cleanloop.cli.options import app, config_options, writes_workdir
 from cleanloop.config import Config
 from cleanloop.errors import CleanloopError
 
@@ -40,19 +41,27 @@ def judging_probs(cfg: Config, train_ds) -> tuple[np.ndarray, np.ndarray | None,
         source = f"training dynamics of {path.parent} ({len(dyn['probs'])} epoch records)"
         return dynamics_probs(dyn["probs"]), None, source
     cache = cfg.workpath / "cache" / f"oof-{cfg.method}-{cfg.folds}-{_version_key(cfg, train_ds)}.npy"
-    if cache.exists():
-        probs = np.load(cache)
-        feats = extract_features(cfg, train_ds) if cfg.method == "features" else None
-    elif cfg.method == "features":
-        feats = extract_features(cfg, train_ds)
-        probs = oof_logreg(feats, labels, len(names), cfg.folds, cfg.seed)
-    else:
-        feats = None
-        probs = oof_finetune(cfg, train_ds, cfg.folds, progress=log.info)
-    if not cache.exists():
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache, probs)
+    probs = _load_cache(cache, (len(labels), len(names)))
+    feats = extract_features(cfg, train_ds) if cfg.method == "features" else None
+    if probs is None:
+        if feats is not None:
+            probs = oof_logreg(feats, labels, len(names), cfg.folds, cfg.seed)
+        else:
+            probs = oof_finetune(cfg, train_ds, cfg.folds, progress=log.info)
+        save_npy(cache, probs)  # atomic: a kill never leaves half a cache
     return probs, feats, f"{cfg.folds}-fold out-of-fold {cfg.method}"
+
+
+def _load_cache(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """The cached array, or None when there is none or it is unreadable or of another shape (then it is redone)."""
+    if not path.exists():
+        return None
+    try:
+        probs = np.load(path)
+    except (ValueError, OSError, EOFError) as exc:
+        log.warning("out-of-fold cache %s is unreadable (%s): computing it again", path, exc)
+        return None
+    return probs if probs.shape == shape else None
 
 
 def _version_key(cfg: Config, ds) -> str:
@@ -72,15 +81,16 @@ def _version_key(cfg: Config, ds) -> str:
               help="Add the 2-D UMAP of the embeddings to the report.")
 @click.option("--output", "output_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for scores.parquet, review_queue.parquet and the report (default: WORKDIR/flags).")
+@writes_workdir
 def flag(cfg: Config, with_map: bool, output_dir: str | None) -> None:
     """Flag likely mislabelled training examples: scores.parquet, review_queue.parquet and a report."""
     from cleanloop.loops.flag import confident_examples, review_queue, scores_table, signal_table
     from cleanloop.loops.report import write_report
     from cleanloop.loops.retrain import reviewed_ids
-    from cleanloop.model.data import load_data
+    from cleanloop.identity import load_workdir_data
     from cleanloop.model.score import write_parquet_atomic
 
-    dd = load_data(cfg)
+    dd = load_workdir_data(cfg)
     train = dd["train"]
     names = train.features["label"].names
     labels = np.asarray(train["label"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cleanloop.cli.options import app, config_options
+from cleanloop.cli.options import app, config_options, writes_workdir
 from cleanloop.config import Config
 from cleanloop.errors import CleanloopError
 
@@ -32,20 +32,21 @@ def _latest_round(cfg: Config) -> int:
 @click.option("--round", "rnd", type=int, default=None, help="Review round written on the records (default: next).")
 @click.option("--queue", "queue_path", type=click.Path(dir_okay=False), default=None,
               help="Review queue parquet (default: WORKDIR/flags/review_queue.parquet from 'cleanloop flag').")
+@writes_workdir
 def push(cfg: Config, home: str | None, rnd: int | None, queue_path: str | None) -> None:
     """Send the review queue to Argilla (record id = example id; already reviewed examples are skipped)."""
     import pandas as pd
 
     from cleanloop.labeling import argilla_io as aio
     from cleanloop.loops.retrain import embed_queue, push_step, reviewed_ids
-    from cleanloop.model.data import load_data
+    from cleanloop.identity import load_workdir_data
 
     path = Path(queue_path) if queue_path else cfg.workpath / "flags" / "review_queue.parquet"
     if not path.exists():
         raise CleanloopError(f"no review queue at {path}; fix: run 'cleanloop flag' first or pass --queue")
     queue = pd.read_parquet(path)
     rnd = rnd if rnd is not None else _latest_round(cfg) + 1
-    train = load_data(cfg)["train"]
+    train = load_workdir_data(cfg)["train"]
     emb = embed_queue(cfg, train, queue)
     client = aio.connect(cfg, home)
     skip = reviewed_ids(cfg)
@@ -58,16 +59,17 @@ def push(cfg: Config, home: str | None, rnd: int | None, queue_path: str | None)
 @config_options
 @_home_option
 @click.option("--round", "rnd", type=int, default=None, help="Round these answers belong to (default: next).")
+@writes_workdir
 def pull(cfg: Config, home: str | None, rnd: int | None) -> None:
     """Take the annotators' answers into the corrections journal and write the cleaned data version."""
     from cleanloop.labeling import argilla_io as aio
     from cleanloop.labeling.journal import Journal
     from cleanloop.loops.retrain import journal_path, pull_step, round_stats, versions_root
     from cleanloop.loops.versions import write_version
-    from cleanloop.model.data import load_data
+    from cleanloop.identity import load_workdir_data
 
     rnd = rnd if rnd is not None else _latest_round(cfg) + 1
-    original = load_data(cfg)
+    original = load_workdir_data(cfg)
     client = aio.connect(cfg, home)
     with Journal(journal_path(cfg)) as journal:
         result = pull_step(client, cfg, journal, original["train"], rnd)
@@ -84,13 +86,16 @@ def pull(cfg: Config, home: str | None, rnd: int | None) -> None:
 @config_options
 @click.option("--to", "to_dir", type=click.Path(file_okay=False), default=None, help="Write the data set to this folder.")
 @click.option("--hub", "repo_id", default=None, help="Push the data set to this Hub repo (owner/name); token: HF_TOKEN.")
-@click.option("--private/--public", default=False, show_default=True, help="Visibility of a new Hub repo.")
+@click.option("--private/--public", default=True, show_default=True, help="Visibility of a new Hub repo (private unless --public).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier export of cleanloop's in --to / --model-to (never a folder cleanloop did not make).")
 @click.option("--keep-removed", is_flag=True, help="Keep the examples annotators removed (label_source 'removed').")
 @click.option("--version", "version_path", type=click.Path(file_okay=False), default=None,
               help="Data version folder (default: the latest, WORKDIR/versions/round-NNN).")
 @click.option("--model-to", type=click.Path(file_okay=False), default=None, help="Also copy the model with its card here.")
 @click.option("--model-hub", default=None, help="Also push the model to this Hub repo (owner/name).")
-def export(cfg: Config, to_dir, repo_id, private, keep_removed, version_path, model_to, model_hub) -> None:
+@writes_workdir
+def export(cfg: Config, to_dir, repo_id, private, overwrite, keep_removed, version_path, model_to, model_hub) -> None:
     """Publish the cleaned data set (parquet per split + dataset card) and optionally the model."""
     from cleanloop.labeling.journal import Journal
     from cleanloop.loops import export as ex
@@ -100,6 +105,9 @@ def export(cfg: Config, to_dir, repo_id, private, keep_removed, version_path, mo
 
     if not (to_dir or repo_id or model_to or model_hub):
         raise CleanloopError("nothing to export to; fix: pass --to FOLDER and/or --hub OWNER/NAME")
+    for folder in (to_dir, model_to):
+        if folder:
+            ex.check_export_folder(folder, overwrite)  # both checked before anything is written
     rnd = _latest_round(cfg)
     path = Path(version_path) if version_path else version_dir(versions_root(cfg), rnd)
     version, meta = load_version(path)
@@ -108,7 +116,7 @@ def export(cfg: Config, to_dir, repo_id, private, keep_removed, version_path, mo
                            reviewed=sum(summary.get(k, 0) for k in ("corrected", "confirmed", "removed")),
                            agreement=summary.get("agreement"))
     if to_dir:
-        click.echo(f"data set: {ex.export_dataset(version, to_dir, info, keep_removed=keep_removed)}")
+        click.echo(f"data set: {ex.export_dataset(version, to_dir, info, keep_removed=keep_removed, overwrite=overwrite)}")
     if repo_id:
         click.echo(f"data set pushed to https://huggingface.co/datasets/"
                    f"{ex.push_dataset_to_hub(version, repo_id, info, private=private, keep_removed=keep_removed)}")
@@ -116,7 +124,7 @@ def export(cfg: Config, to_dir, repo_id, private, keep_removed, version_path, mo
         final = model_dir(cfg.replace(workdir=str(loop_root(cfg) / "final")))
         folder = final if final.exists() else model_dir(cfg)
         if model_to:
-            click.echo(f"model: {ex.export_model(folder, model_to, info)}")
+            click.echo(f"model: {ex.export_model(folder, model_to, info, overwrite=overwrite)}")
         if model_hub:
             click.echo(f"model pushed to https://huggingface.co/{ex.push_model_to_hub(folder, model_hub, private=private)}")
 
@@ -167,6 +175,7 @@ def review_wait_options(func):
 @click.option("--webhooks", is_flag=True,
               help="Also be woken by Argilla webhooks (listener on 127.0.0.1; for a server on this machine).")
 @click.option("--non-interactive", is_flag=True, help="No progress bar: one log line per change (CI).")
+@writes_workdir
 def retrain_loop(cfg: Config, home, rounds, min_reviewed, review_timeout, poll_seconds, webhooks, non_interactive) -> None:
     """Train -> flag -> push -> wait for reviews -> pull -> apply, per round; then retrain and evaluate.
 

@@ -42,6 +42,25 @@ def config_options(func):
     return wrapper
 
 
+def writes_workdir(func):
+    """Hold the workdir's write lock (:func:`cleanloop.lock.workdir_lock`) while the command runs.
+
+    Put it right above the function, below the option decorators: it needs the built ``cfg``.
+    Under ``accelerate launch`` only the main process (rank 0, the one that saves) takes it.
+    """
+
+    @functools.wraps(func)
+    def wrapper(cfg: Config, **kwargs):
+        from cleanloop.lock import workdir_lock
+
+        if int(os.environ.get("RANK", "0")) > 0:
+            return func(cfg=cfg, **kwargs)
+        with workdir_lock(cfg.workpath, click.get_current_context().command_path):
+            return func(cfg=cfg, **kwargs)
+
+    return wrapper
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="cleanloop")
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logs.")
@@ -53,5 +72,6 @@ def app(verbose: bool) -> None:
     for noisy in ("httpx", "urllib3", "datasets", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.umask(0o077)  # what cleanloop and the processes it starts create is the user's only: files 0600, folders 0700
 
 

@@ -161,13 +161,14 @@ def predict(
         probs = predictor.predict_arrays(items, cfg.eval_batch_size)["probs"]
 
     if out is not None:
-        from cleanloop.model.score import atomic_write, write_parquet_atomic
+        from cleanloop.atomic import write_file
+        from cleanloop.model.score import write_parquet_atomic
 
         df = predictions_frame(items, probs, predictor.label_names)
         if out.suffix.lower() == ".parquet":
             path = write_parquet_atomic(df, out)
         else:
-            path = atomic_write(out, lambda tmp: df.to_csv(tmp, index=False))
+            path = write_file(out, lambda tmp: df.to_csv(tmp, index=False))
         counts = df["label"].value_counts()
         click.echo(f"{len(df):,} predictions -> {path} ({', '.join(f'{k} {v:,}' for k, v in counts.items())})")
         return

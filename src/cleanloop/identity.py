@@ -1,0 +1,107 @@
+"""Example identity: a content fingerprint per example, and the fingerprint of a workdir's source data.
+
+An example's id says *which row*; its fingerprint (a hash of its split and text) says *what it is*.
+Push stores the fingerprint on the Argilla record; pull refuses an answer whose fingerprint is not
+the local example's, so a correction never lands on another text (a row inserted into the CSV
+between push and pull, two workdirs sharing one Argilla dataset, a Hub copy that differs).
+
+A workdir records what its data was (``WORKDIR/source.json``: per split, each id's fingerprint
+and label, hashed); loading other data into it is an error that says what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from cleanloop.atomic import write_json
+from cleanloop.config import Config
+from cleanloop.errors import CleanloopError
+
+__all__ = ["SOURCE_FILE", "check_source", "example_fingerprint", "fingerprints", "load_workdir_data"]
+
+SOURCE_FILE = "source.json"
+
+
+def example_fingerprint(split: str, text: str) -> str:
+    """16 hex digits of SHA-256 over the split and the text: equal texts in one split, equal prints.
+
+    >>> example_fingerprint("train", "i feel fine")
+    '8ba4a1ad3b2b6b07'
+    """
+    return hashlib.sha256(f"{split}\0{text}".encode()).hexdigest()[:16]
+
+
+def fingerprints(ds, split: str) -> dict[str, str]:
+    """id -> fingerprint for every example of one split (a ``Dataset`` with id and text)."""
+    return {i: example_fingerprint(split, t) for i, t in zip(ds["id"], ds["text"])}
+
+
+def _describe(dd) -> dict:
+    """What a workdir records of its data: per split, the examples and a hash of (id, fingerprint, label)."""
+    out = {}
+    for split, ds in dd.items():
+        h = hashlib.sha256()
+        for (i, fp), label in zip(fingerprints(ds, split).items(), ds["label"]):
+            h.update(f"{i}\0{fp}\0{label}\n".encode())
+        out[split] = {"examples": len(ds), "hash": h.hexdigest()[:20],
+                      "examples_by_id": {i: fp for i, fp in fingerprints(ds, split).items()},
+                      "labels": list(ds["label"])}
+    return out
+
+
+def _changes(old: dict, new: dict) -> list[str]:
+    """What differs, in words: per split, ids added, removed, with another text, relabelled."""
+    out = []
+    for split in sorted(set(old) | set(new)):
+        if split not in new or split not in old:
+            out.append(f"split {split} {'removed' if split not in new else 'added'}")
+            continue
+        a, b = old[split]["examples_by_id"], new[split]["examples_by_id"]
+        text = sorted(i for i in a.keys() & b.keys() if a[i] != b[i])
+        added, removed = sorted(b.keys() - a.keys()), sorted(a.keys() - b.keys())
+        la = dict(zip(a, old[split]["labels"]))
+        lb = dict(zip(b, new[split]["labels"]))
+        relabelled = sorted(i for i in a.keys() & b.keys() if a[i] == b[i] and la[i] != lb[i])
+        for what, ids in (("another text", text), ("added", added), ("removed", removed), ("another label", relabelled)):
+            if ids:
+                out.append(f"{split}: {len(ids)} {'with ' + what if what.startswith('another') else what} "
+                           f"(e.g. {', '.join(ids[:3])})")
+    return out
+
+
+def check_source(cfg: Config, dd) -> None:
+    """Record the data's fingerprint in a new workdir; in a used one, raise if the data changed.
+
+    With positional ids (no ``id_column``) any change is an error: ids no longer name the same
+    texts. With an ``id_column`` only an id whose text changed is.
+    """
+    path = cfg.workpath / SOURCE_FILE
+    new = _describe(dd)
+    if not path.exists():
+        write_json(path, {"dataset": cfg.dataset, "id_column": cfg.id_column, "splits": new}, indent=None)
+        return
+    try:
+        old = json.loads(path.read_text())["splits"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise CleanloopError(f"{path} is not a cleanloop source record ({exc}); fix: use a new --workdir") from None
+    if all(old.get(s, {}).get("hash") == new[s]["hash"] for s in new) and set(old) == set(new):
+        return
+    changes = _changes(old, new)
+    if cfg.id_column and not any("another text" in c for c in changes):
+        write_json(path, {"dataset": cfg.dataset, "id_column": cfg.id_column, "splits": new}, indent=None)
+        return
+    raise CleanloopError(
+        f"the data {cfg.dataset} is not the data workdir {cfg.workpath} was made on ({'; '.join(changes[:3])}); "
+        "its journal and reviews name examples by id, so they would land on other texts; fix: use a new --workdir "
+        "for the changed data, or give the rows stable ids with --id-column (then only a changed text is refused)"
+    )
+
+
+def load_workdir_data(cfg: Config):
+    """:func:`~cleanloop.model.data.load_data`, checked against the workdir's source (see :func:`check_source`)."""
+    from cleanloop.model.data import load_data
+
+    dd = load_data(cfg)
+    check_source(cfg, dd)
+    return dd
