@@ -319,9 +319,9 @@ def ensure_dataset(client, cfg: Config, label_names: Sequence[str], vector_dim: 
             "fix: pass another --argilla-dataset"
         )
     if FINGERPRINT not in [m.name for m in dataset.settings.metadata]:  # made before fingerprints: add the property
-        dataset.settings.metadata.add(_fingerprint_property(client))
-        dataset.settings.metadata[FINGERPRINT].dataset = dataset
-        dataset.settings.metadata[FINGERPRINT].create()
+        prop = _fingerprint_property(client)
+        prop.dataset = dataset
+        dataset.settings.metadata.add(prop.create())
     return dataset
 
 

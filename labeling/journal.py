@@ -24,6 +24,7 @@ latest decision; :mod:`cleanloop.loops.versions` applies those to the original d
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -241,7 +242,8 @@ class Journal:
     def __init__(self, path: str | Path):
         self.path = str(path)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))  # the user's only (SQLite keeps the mode)
         self._db = sqlite3.connect(self.path, isolation_level=None)  # transactions are explicit
         self._db.executescript(_SCHEMA)
 
