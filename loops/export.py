@@ -51,13 +51,18 @@ def cleaning_counts(version, split: str = "train") -> dict[str, dict[str, int]]:
     return out
 
 
-def _drop_removed(version, keep_removed: bool):
+def _published(version, keep_removed: bool):
+    """What is exported: removed examples left out unless ``keep_removed``; a ``fingerprint`` column added."""
     import datasets
 
-    if keep_removed:
-        return version
-    return datasets.DatasetDict({s: ds.filter(lambda src: src != "removed", input_columns="label_source")
-                                 for s, ds in version.items()})
+    from cleanloop.identity import example_fingerprint
+
+    out = {}
+    for s, ds in version.items():
+        if not keep_removed:
+            ds = ds.filter(lambda src: src != "removed", input_columns="label_source")
+        out[s] = ds.add_column("fingerprint", [example_fingerprint(s, t) for t in ds["text"]])
+    return datasets.DatasetDict(out)
 
 
 def _features_yaml(features) -> list[dict]:
@@ -96,7 +101,8 @@ def dataset_card(version, info: CleaningInfo, pretty_name: str = "cleaned datase
     lines = ["---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "", f"# {pretty_name}", ""]
     lines += [f"Labels: {', '.join(names)}. Splits: " + ", ".join(f"{s} {len(ds):,}" for s, ds in version.items()) + ".", ""]
     lines += ["Columns: `id` (stable example id), `text`, `label` (after cleaning), `original_label` (as the data "
-              "came), `label_source` (`original`, `corrected` or `removed`).", ""]
+              "came), `label_source` (`original`, `corrected` or `removed`), `fingerprint` (hash of split and text, "
+              "the example's identity in the review).", ""]
     lines += ["## Cleaning", "", f"- Rounds: {info.rounds}", f"- Method: {info.method}"]
     if info.model:
         lines.append(f"- Model: {info.model}")
@@ -167,7 +173,7 @@ def export_dataset(version, folder: str | Path, info: CleaningInfo, *, keep_remo
     :func:`check_export_folder`). Removed examples are left out unless ``keep_removed``.
     ``datasets.load_dataset(folder)`` gives back the same rows, features and label names.
     """
-    data = _drop_removed(version, keep_removed)
+    data = _published(version, keep_removed)
 
     def build(tmp: Path) -> None:
         (tmp / "data").mkdir()
@@ -201,7 +207,7 @@ def push_dataset_to_hub(version, repo_id: str, info: CleaningInfo, *, private: b
     if "/" not in repo_id:
         raise CleanloopError(f"repo id must be 'owner/name', got {repo_id!r}")
     token = hub_token(token)
-    data = _drop_removed(version, keep_removed)
+    data = _published(version, keep_removed)
     (push or _default_push)(data, repo_id=repo_id, private=private, token=token)
     if api is None:
         from huggingface_hub import HfApi

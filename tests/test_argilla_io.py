@@ -35,7 +35,8 @@ def test_settings_hold_the_task(offline_client):
     s = aio.dataset_settings(NAMES, vector_dim=4, client=offline_client)
     assert [f.name for f in s.fields] == ["text"]
     assert list(s.questions["label"].labels) == NAMES
-    assert {m.name for m in s.metadata} == {"given_label", "suggested_label", "label_quality", "loss", "round", "flagged_by"}
+    assert {m.name for m in s.metadata} == {"given_label", "suggested_label", "label_quality", "loss", "round", "flagged_by",
+                                           "fingerprint"}
     assert s.vectors["embedding"].dimensions == 4
     assert "Discard" in s.guidelines and "no emotion" in s.guidelines
     assert aio.dataset_settings(NAMES, client=offline_client).vectors["embedding"] is None

@@ -104,3 +104,18 @@ def test_a_draft_dataset_left_by_a_crash_is_recreated_by_the_next_push(tmp_path,
     assert client.api.datasets.get(dataset.id).status == "ready"
     meta = {r.external_id: {m.name: m.value for m in r.metadata} for r in aio._record_models(client, dataset)}
     assert len(meta) == len(TEXTS) and meta["t0"]["fingerprint"] == example_fingerprint("train", TEXTS[0])
+
+
+def test_a_dataset_made_before_fingerprints_gets_the_property_on_the_next_push(tmp_path, argilla_server):
+    import argilla as rg
+
+    cfg = argilla_server.cfg.replace(workdir=str(tmp_path / "work"), argilla_dataset="trust-old")
+    client = argilla_server.client()
+    settings = aio.dataset_settings(NAMES, client=client)
+    settings.metadata.remove(aio.FINGERPRINT)
+    rg.Dataset(cfg.argilla_dataset, workspace=cfg.argilla_workspace, settings=settings, client=client).create()
+    train = train_split()
+    assert push_step(client, cfg, queue_of(train), None, NAMES, 1, set()) == train["id"]
+    dataset = aio.get_dataset(client, cfg)
+    meta = {r.external_id: {m.name: m.value for m in r.metadata} for r in aio._record_models(client, dataset)}
+    assert meta["t5"]["fingerprint"] == example_fingerprint("train", TEXTS[5])

@@ -27,7 +27,7 @@ def example_fingerprint(split: str, text: str) -> str:
     """16 hex digits of SHA-256 over the split and the text: equal texts in one split, equal prints.
 
     >>> example_fingerprint("train", "i feel fine")
-    '8ba4a1ad3b2b6b07'
+    '134be16e77d47fea'
     """
     return hashlib.sha256(f"{split}\0{text}".encode()).hexdigest()[:16]
 
