@@ -395,10 +395,10 @@ def run_loop(cfg: Config, opts: LoopOptions, *, client=None, home: str | Path | 
         return _run_loop(cfg, opts, client, home, display, on_step)
 
 
-def _run_loop(cfg, opts, client, home, display, on_step) -> LoopState:
+def _run_loop(cfg: Config, opts: LoopOptions, client, home, display, on_step) -> LoopState:
+    from cleanloop.identity import load_workdir_data
     from cleanloop.labeling import argilla_io as aio
     from cleanloop.loops.versions import training_view, write_version
-    from cleanloop.identity import load_workdir_data
 
     root = loop_root(cfg)
     state_file = root / "state.json"
