@@ -79,7 +79,19 @@ def test_home_is_0700_and_every_file_0600(argilla_server):
     assert not loose, f"readable by others: {loose}"
 
 
-def test_up_syncs_users_with_config_and_environment(argilla_server, monkeypatch):
+def _make_webhooks(argilla_server, live_url: str, dead_url: str) -> dict[str, str]:
+    http = argilla_server.http(argilla_server.owner_key)
+    made = {}
+    for name, url, description in (("dead", dead_url, ReviewWaker.DESCRIPTION),
+                                   ("live", live_url, ReviewWaker.DESCRIPTION),
+                                   ("foreign", dead_url, "someone else's webhook")):
+        r = http.post("/api/v1/webhooks", json={"url": url, "events": ["response.created"], "description": description})
+        assert r.status_code == 201, r.text
+        made[name] = r.json()["id"]
+    return made
+
+
+def test_up_syncs_users_and_removes_webhooks_of_dead_listeners(argilla_server, monkeypatch):
     cfg, home = argilla_server.cfg, argilla_server.home
     with_extra = cfg.replace(argilla_annotators=["annotator", "reviewer-2"])
 
@@ -98,7 +110,23 @@ def test_up_syncs_users_with_config_and_environment(argilla_server, monkeypatch)
                        data={"username": "reviewer-2", "password": "a-new-password-123"})
     assert login.status_code in (200, 201), login.text
 
-    st = server.up(cfg, home)  # reviewer-2 left argilla_annotators
+    client = argilla_server.client()
+    with socket.socket() as live, socket.socket() as gone:
+        live.bind(("127.0.0.1", 0))
+        live.listen()
+        gone.bind(("127.0.0.1", 0))  # bound, never listening: like the port of a killed listener
+        dead_url = f"http://127.0.0.1:{gone.getsockname()[1]}/hook"
+        made = _make_webhooks(argilla_server, f"http://127.0.0.1:{live.getsockname()[1]}/hook", dead_url)
+        try:
+            st = server.up(cfg, home)  # reviewer-2 left argilla_annotators
+            left = {str(h.id) for h in client.webhooks}
+        finally:
+            for hook in client.webhooks:
+                if str(hook.id) in made.values():
+                    hook.delete()
+    assert st.synced["webhooks_removed"] == [dead_url]
+    assert made["dead"] not in left and made["live"] in left and made["foreign"] in left
+
     assert st.synced["disabled"] == ["reviewer-2"]
     assert argilla_server.http("reviewer-2-key-from-the-environment").get("/api/v1/me").status_code == 401
     login = httpx.post(f"{argilla_server.url}/api/v1/token", timeout=30,
@@ -107,32 +135,3 @@ def test_up_syncs_users_with_config_and_environment(argilla_server, monkeypatch)
     # the owner and the annotator still in the config keep their access
     assert argilla_server.http(argilla_server.owner_key).get("/api/v1/me").status_code == 200
     assert argilla_server.http().get("/api/v1/me").status_code == 200
-
-
-def test_up_removes_webhooks_of_dead_listeners_only(argilla_server):
-    client = argilla_server.client()
-    with socket.socket() as live:
-        live.bind(("127.0.0.1", 0))
-        live.listen()
-        live_url = f"http://127.0.0.1:{live.getsockname()[1]}/hook"
-        with socket.socket() as gone:
-            gone.bind(("127.0.0.1", 0))
-            dead_url = f"http://127.0.0.1:{gone.getsockname()[1]}/hook"  # nothing listens once closed
-        http = argilla_server.http(argilla_server.owner_key)
-        made = {}
-        for name, url, description in (("dead", dead_url, ReviewWaker.DESCRIPTION),
-                                       ("live", live_url, ReviewWaker.DESCRIPTION),
-                                       ("foreign", dead_url, "someone else's webhook")):
-            r = http.post("/api/v1/webhooks", json={"url": url, "events": ["response.created"],
-                                                    "description": description})
-            assert r.status_code == 201, r.text
-            made[name] = r.json()["id"]
-        try:
-            st = server.up(argilla_server.cfg, argilla_server.home)
-            assert st.synced["webhooks_removed"] == [dead_url]
-            left = {str(h.id) for h in client.webhooks}
-            assert made["dead"] not in left and made["live"] in left and made["foreign"] in left
-        finally:
-            for hook in client.webhooks:
-                if str(hook.id) in made.values():
-                    hook.delete()
