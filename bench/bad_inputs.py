@@ -10,6 +10,7 @@ usage errors print ``Error: ...`` after a usage line, which also counts). Writes
 
     .venv/bin/python bench/bad_inputs.py            # all cases (about 3 minutes on 2 cores)
     .venv/bin/python bench/bad_inputs.py -k port    # only the cases whose name contains 'port'
+    /work/main/.venv/bin/python bench/bad_inputs.py --reference main_before   # the same cases on main
 """
 
 from __future__ import annotations
@@ -150,6 +151,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-k", default="", help="run only the cases whose name contains this")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per case")
+    parser.add_argument("--reference", default="",
+                        help="store this run's counts under this key instead (e.g. 'main_before': run it with "
+                             "another checkout's python to compare)")
     args = parser.parse_args()
 
     exe = Path(sys.executable).with_name("cleanloop")
@@ -185,7 +189,11 @@ def main() -> None:
         "tracebacks": sum(r["traceback"] for r in results),
     }
     print(json.dumps(summary))
-    if not args.k:
+    if args.reference:
+        failed = [r["case"] for r in results if not r["clear_error"]]
+        path = update_results("bad_inputs", {args.reference: {**summary, "not_clear": failed, "exe": str(exe)}})
+        print(f"-> {path}")
+    elif not args.k:
         path = update_results("bad_inputs", {**summary, "cases": results})
         print(f"-> {path}")
 

@@ -516,6 +516,11 @@ def up(cfg: Config, home: str | Path | None = None, *, timeout: float = 180.0) -
     home_ = _home(cfg, home)
     port = _port(cfg)
     current = status(cfg, home_)
+    if current.running and "redis_socket" not in _read_state(home_):
+        log.warning("the stack for %s was started by an older cleanloop, with a Redis open on a TCP port; "
+                    "restarting it private", home_)
+        down(cfg, home_)
+        current = status(cfg, home_)
     if current.running:
         if current.url != _url(port):
             raise CleanloopError(

@@ -277,6 +277,8 @@ def load_data(cfg: Config):
         raise CleanloopError(f"{cfg.dataset}: no 'train' split (found {', '.join(raw)}); fix: name a split train")
     for rs in raw.values():  # before the label names are read from the label column
         require_columns(rs, cfg)
+    if raw["train"].frame.empty:
+        raise CleanloopError(f"{raw['train'].where}: the train split has no rows; fix: add labelled examples")
     names = resolve_label_names(raw, cfg)
     if len(names) < 2:
         raise CleanloopError(f"{cfg.dataset}: found {len(names)} label(s); fix: a classifier needs at least two")

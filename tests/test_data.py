@@ -146,3 +146,22 @@ def test_non_utf8_file_names_line_and_fix(tmp_path):
     path.write_bytes("text,label\nhello,joy\ncaf\xe9,sadness\n".encode("latin-1"))
     with pytest.raises(CleanloopError, match=r"d.csv: line 3 is not UTF-8 text \(byte 0xe9.*fix: save it as UTF-8"):
         load_data(Config(dataset=str(path)))
+
+
+def test_cli_writes_files_only_its_user_can_read(tmp_path):
+    """Every process cleanloop starts runs with umask 077: folders 0700, files 0600."""
+    import os
+    import stat
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = write_split_files(tmp_path / "d")
+    exe = Path(sys.executable).with_name("cleanloop")
+    done = subprocess.run([str(exe), "data", "describe", "--dataset", str(data), "--workdir", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    made = [tmp_path / "run", *(tmp_path / "run").rglob("*")]
+    assert any(p.suffix == ".png" for p in made)
+    for p in made:
+        assert stat.S_IMODE(os.stat(p).st_mode) == (0o700 if p.is_dir() else 0o600), p
