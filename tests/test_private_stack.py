@@ -135,3 +135,23 @@ def test_up_syncs_users_and_removes_webhooks_of_dead_listeners(argilla_server, m
     # the owner and the annotator still in the config keep their access
     assert argilla_server.http(argilla_server.owner_key).get("/api/v1/me").status_code == 200
     assert argilla_server.http().get("/api/v1/me").status_code == 200
+
+
+def test_server_failure_mid_step_is_one_line_with_the_fix(argilla_server):
+    import argilla as rg
+
+    from cleanloop.errors import CleanloopError
+    from cleanloop.labeling.argilla_io import server_errors
+
+    with socket.socket() as gone:
+        gone.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{gone.getsockname()[1]}"
+        with pytest.raises(CleanloopError) as err:
+            with server_errors(url, "pull"):
+                httpx.get(f"{url}/api/v1/me", timeout=5)  # what the SDK raises when the server went away
+    msg = str(err.value)
+    assert msg.startswith(f"Argilla at {url} failed during pull (") and "fix: check it runs" in msg
+    assert "\n" not in msg
+    with pytest.raises(CleanloopError, match="failed during pull .*Credentials"):
+        with server_errors(argilla_server.url, "pull"):
+            rg.Argilla(api_url=argilla_server.url, api_key="wrong-key", timeout=30).me  # noqa: B018
