@@ -2,11 +2,12 @@
 
 It prepares the database and then serves, in one process so ``argilla_server`` is
 imported once: migrate to the newest schema (alembic, from Python: the server's own
-typer CLI does not run with this click), create the workspace and the users given
-in ``--users`` (credentials from the environment or ``credentials.json``, through the
-server's own user-creation code), bring the search index in line with the database
-(re-index a dataset whose counts differ, e.g. after the index file was lost), then run
-uvicorn on 127.0.0.1. The ``ARGILLA_*`` environment is set by :func:`cleanloop.labeling.server.up`.
+typer CLI does not run with this click), make the users match ``--users`` (see
+:func:`sync_users`) and remove the webhooks of dead cleanloop listeners, bring the search
+index in line with the database (re-index a dataset whose counts differ, e.g. after the index
+file was lost), then run uvicorn on 127.0.0.1. ``--sync-only`` does the user and webhook part
+on the database of a server that runs already, and exits. What changed is written to
+``<home>/run/users.json``. The ``ARGILLA_*`` environment is set by :func:`cleanloop.labeling.server.up`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 from pathlib import Path
 
 log = logging.getLogger("cleanloop.argilla.serve")
+DISABLED = "disabled-"  # the API key of a disabled annotator starts with it
 
 
 def migrate() -> None:
@@ -42,27 +44,104 @@ def _secrets(username: str) -> tuple[str, str]:
     return env("PASSWORD") or stored["password"], env("API_KEY") or stored["api_key"]
 
 
-async def ensure_users(workspace: str, users: list[tuple[str, str]]) -> None:
+async def sync_users(workspace: str, users: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Make Argilla's users match ``users`` ((username, role) pairs, the owner first).
+
+    A missing user is created (through the server's own user-creation code) and added to the
+    workspace; an existing one gets the password and API key of the environment or
+    ``credentials.json`` when they differ. An annotator of the server that is not in ``users``
+    is disabled: taken out of every workspace, with a random password and API key that nobody
+    knows. Deleting the user would delete their answers too; disabling keeps them. Owners and
+    admins are never touched.
+    """
+    import secrets
+
     from argilla_server.api.schemas.v1.users import UserCreate
     from argilla_server.contexts import accounts
     from argilla_server.database import AsyncSessionLocal
-    from argilla_server.models import Workspace, WorkspaceUser
+    from argilla_server.enums import UserRole
+    from argilla_server.models import User, Workspace, WorkspaceUser
+    from sqlalchemy import select
 
+    changes: dict[str, list[str]] = {"created": [], "updated": [], "disabled": []}
+    wanted = dict(users)
     async with AsyncSessionLocal() as db:
         ws = await Workspace.get_by(db, name=workspace)
         if ws is None:
             ws = await accounts.create_workspace(db, {"name": workspace})
             log.info("created workspace %r", workspace)
         for username, role in users:
+            password, api_key = _secrets(username)
             user = await accounts.get_user_by_username(db, username)
             if user is None:
-                password, api_key = _secrets(username)
                 attrs = UserCreate(first_name=username, username=username, role=role, password=password)
                 user = await accounts.create_user(db, attrs.model_dump(), workspaces=[workspace])
                 await user.update(db, api_key=api_key)
+                changes["created"].append(username)
                 log.info("created %s %r", role, username)
-            elif await WorkspaceUser.get_by(db, workspace_id=ws.id, user_id=user.id) is None:
+                continue
+            update = {}
+            if not accounts.verify_password(password, user.password_hash):
+                update["password"] = password
+            if user.api_key != api_key:
+                update["api_key"] = api_key
+            if update:
+                await accounts.update_user(db, user, update)
+                changes["updated"].append(username)
+                log.info("updated the %s of %r", " and ".join(k.replace("_", " ") for k in update), username)
+            if await WorkspaceUser.get_by(db, workspace_id=ws.id, user_id=user.id) is None:
                 await accounts.create_workspace_user(db, {"workspace_id": ws.id, "user_id": user.id})
+        annotators = (await db.execute(select(User).filter_by(role=UserRole.annotator))).scalars().all()
+        for user in annotators:
+            if user.username in wanted:
+                continue
+            for member in (await db.execute(select(WorkspaceUser).filter_by(user_id=user.id))).scalars().all():
+                await accounts.delete_workspace_user(db, member)
+            if not user.api_key.startswith(DISABLED):
+                unknown = {"password": secrets.token_urlsafe(24), "api_key": DISABLED + secrets.token_urlsafe(32)}
+                await accounts.update_user(db, user, unknown)
+                changes["disabled"].append(user.username)
+                log.info("disabled annotator %r: not in argilla_annotators any more (their answers are kept)",
+                         user.username)
+    return changes
+
+
+def _listening(url: str) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 80), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+async def remove_dead_webhooks() -> list[str]:
+    """Delete the webhooks cleanloop's review listener registered whose listener no longer answers.
+
+    Only webhooks with that listener's description and a URL on this machine are looked at: a
+    webhook someone else made is never touched.
+    """
+    from urllib.parse import urlparse
+
+    from argilla_server.contexts import webhooks
+    from argilla_server.database import AsyncSessionLocal
+
+    from cleanloop.labeling.argilla_io import ReviewWaker
+
+    removed = []
+    async with AsyncSessionLocal() as db:
+        for hook in await webhooks.list_webhooks(db):
+            if hook.description != ReviewWaker.DESCRIPTION:
+                continue
+            if urlparse(hook.url).hostname not in ("127.0.0.1", "localhost") or _listening(hook.url):
+                continue
+            await webhooks.delete_webhook(db, hook)
+            removed.append(hook.url)
+            log.info("removed webhook %s: its listener no longer runs", hook.url)
+    return removed
 
 
 async def sync_index() -> list[str]:
@@ -115,19 +194,26 @@ async def sync_index() -> list[str]:
     return reindexed
 
 
-async def _prepare(workspace: str, users: list[tuple[str, str]]) -> None:
+async def _prepare(workspace: str, users: list[tuple[str, str]], index: bool) -> None:
     from argilla_server.database import async_engine
 
     try:
-        await ensure_users(workspace, users)
-        await sync_index()
+        changes = await sync_users(workspace, users)
+        changes["webhooks_removed"] = await remove_dead_webhooks()
+        home = Path(os.environ["ARGILLA_HOME_PATH"])
+        tmp = home / "run" / "users.json.tmp"
+        tmp.write_text(json.dumps(changes, indent=2) + "\n")  # 0600: the stack runs with umask 077
+        os.replace(tmp, home / "run" / "users.json")
+        if index:
+            await sync_index()
     finally:
         await async_engine.dispose()  # its connections belong to this event loop, not uvicorn's
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--sync-only", action="store_true", help="sync users and webhooks, then exit")
     parser.add_argument("--workspace", required=True)
     parser.add_argument("--users", required=True, help="username:role,...")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
@@ -139,13 +225,16 @@ def main() -> None:
     _sqlite_driver.setup()  # the in-loop SQLite driver and pragmas, before argilla_server creates its engines
     from cleanloop.labeling import search_engine  # noqa: F401  (registers the "sqlite" engine)
 
-    migrate()
+    if not args.sync_only:
+        migrate()
     # alembic's fileConfig replaced the logging set-up: configure ours after it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
     for name in list(logging.root.manager.loggerDict):  # fileConfig disabled the loggers that existed
         if name.startswith("cleanloop"):
             logging.getLogger(name).disabled = False
-    asyncio.run(_prepare(args.workspace, users))
+    asyncio.run(_prepare(args.workspace, users, index=not args.sync_only))
+    if args.sync_only:
+        return
 
     import uvicorn
 

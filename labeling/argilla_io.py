@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,6 +274,26 @@ def connect(cfg: Config, home: str | Path | None = None, key: str | None = None)
     return client
 
 
+@contextmanager
+def server_errors(url: str, doing: str):
+    """Turn an SDK or HTTP failure while ``doing`` something with Argilla into a one-line CleanloopError.
+
+    What was written locally before the failure is complete (the journal is written before a
+    version is built from it), so the fix is to make the server answer and run the step again.
+    """
+    import httpx
+    from argilla._exceptions import ArgillaError
+
+    try:
+        yield
+    except (httpx.HTTPError, ArgillaError, ConnectionError) as exc:
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise CleanloopError(
+            f"Argilla at {url} failed during {doing} ({type(exc).__name__}: {detail}); "
+            f"fix: check it runs ('cleanloop argilla status'), then run {doing} again"
+        ) from None
+
+
 def get_dataset(client, cfg: Config):
     """The review dataset, or None when it does not exist yet."""
     import warnings
@@ -435,6 +456,7 @@ class ReviewWaker:
     """
 
     EVENTS = ["response.created", "response.updated", "record.completed"]
+    DESCRIPTION = "cleanloop: wake the review loop"  # 'argilla up' removes such webhooks whose listener is gone
 
     def __init__(self, client, port: int | None = None):
         import socket
@@ -468,7 +490,7 @@ class ReviewWaker:
             async def cleanloop_review_event(evt):  # noqa: ANN001  (the SDK's raw WebhookEvent)
                 event.set()
 
-            webhook_listener(self.EVENTS, description="cleanloop: wake the review loop", client=self.client,
+            webhook_listener(self.EVENTS, description=self.DESCRIPTION, client=self.client,
                              server=app, raw_event=True)(cleanloop_review_event)
         finally:
             if before is None:

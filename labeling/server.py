@@ -10,14 +10,26 @@ model and scores; pass ``home=`` to share one server between experiments)::
     <home>/search.sqlite       the search index (rebuilt from argilla.db if missing or stale)
     <home>/credentials.json    generated passwords and API keys (mode 0600)
     <home>/auth_secret_key     signs the UI's login tokens, so logins survive restarts (0600)
-    <home>/run/                stack.json and one <process>.pid per process started
+    <home>/redis_secret        the password of the stack's private Redis (0600)
+    <home>/run/                stack.json, one <process>.pid per process started, redis.conf,
+                               redis.sock (Redis listens on this unix socket only, no TCP port)
+                               and users.json (what the last user/webhook sync changed)
     <home>/logs/               redis.log, server.log, worker.log
+
+The stack is private to the user who runs it: the home is 0700 and every file in it 0600
+(every process is started with umask 077); Redis listens on no TCP port, only on a unix
+socket inside the home (0700) and asks for a password generated into the home.
 
 Users: an owner (``owner``) and the annotators of ``Config.argilla_annotators``, all in
 ``Config.argilla_workspace``. A user's password and API key come from
 ``CLEANLOOP_ARGILLA_<USER>_PASSWORD`` / ``CLEANLOOP_ARGILLA_<USER>_API_KEY`` (``<USER>`` in
 upper case, non-alphanumerics as ``_``) when set, else they are generated once and kept
-in ``credentials.json``. Secrets are never logged in full.
+in ``credentials.json``. Secrets are never logged in full. Every ``up`` makes the server's users
+match: missing ones are created, a changed password or API key is applied, and an annotator no
+longer in ``argilla_annotators`` is disabled (taken out of the workspace, with a new random
+password and API key that nobody knows: their answers stay). The owner is never disabled.
+``up`` also removes webhooks that cleanloop registered for a listener that no longer runs
+(e.g. a ``retrain-loop --webhooks`` that was killed).
 
 >>> from cleanloop.config import Config
 >>> default_home(Config(workdir="/tmp/run")).as_posix()
@@ -66,6 +78,7 @@ log = logging.getLogger("cleanloop.argilla")
 
 OWNER = "owner"
 PROCESSES = ("redis", "server", "worker")
+UMASK = 0o077  # every process the stack starts: files 0600, folders 0700
 _LOCAL_HOSTS = ("127.0.0.1", "localhost")
 
 
@@ -94,6 +107,7 @@ class StackStatus:
     credentials_file: Path
     started: bool = False  # set by up(): True when this call started the stack
     seconds: float = 0.0  # set by up(): time to healthy
+    synced: dict = field(default_factory=dict)  # set by up(): users created/updated/disabled, webhooks removed
 
     @property
     def running(self) -> bool:
@@ -137,7 +151,7 @@ def _env_name(username: str, what: str) -> str:
 
 def _write_private(path: Path, text: str) -> None:
     """Write a file only its owner can read (created 0600, never world-readable in between)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -201,6 +215,59 @@ def _secret_key(home: Path) -> str:
     return path.read_text().strip()
 
 
+def _redis_secret(home: Path) -> str:
+    path = home / "redis_secret"
+    if not path.exists():
+        _write_private(path, secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def _redis_socket(home: Path) -> Path:
+    sock = home / "run" / "redis.sock"
+    if len(os.fsencode(sock)) > 100:  # sun_path holds 108 bytes on Linux, 104 on macOS
+        raise CleanloopError(
+            f"the Argilla home {home} is too long a path for Redis's unix socket ({sock}, over 100 bytes); "
+            "fix: pass a shorter --home (or CLEANLOOP_ARGILLA_HOME)"
+        )
+    return sock
+
+
+def _redis_url(home: Path) -> str:
+    """How the server and worker reach the stack's Redis: its unix socket, with its password."""
+    return f"unix://:{_redis_secret(home)}@{_redis_socket(home)}?db=0"
+
+
+def _redis_config(home: Path) -> Path:
+    """Write ``<home>/run/redis.conf`` (0600): no TCP port, a 0700 unix socket in the home, a password."""
+    conf = home / "run" / "redis.conf"
+    _write_private(
+        conf,
+        "\n".join([
+            "port 0",  # no TCP listener at all
+            f'unixsocket "{_redis_socket(home)}"',
+            "unixsocketperm 700",
+            f"requirepass {_redis_secret(home)}",
+            f'dir "{home / "redis"}"',
+            'save ""',
+            "appendonly no",
+            "daemonize no",
+            "protected-mode yes",
+        ]) + "\n",
+    )
+    return conf
+
+
+def _private_home(home: Path) -> None:
+    """Create the home 0700 and take away group/other access from what an older version left readable."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path in [home, *home.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            path.chmod(mode & 0o700)
+
+
 def _redis_binary() -> str:
     found = shutil.which("redis-server")
     if found:
@@ -252,12 +319,9 @@ def _read_state(home: Path) -> dict:
 
 def _write_state(home: Path, state: dict) -> None:
     run = home / "run"
-    run.mkdir(parents=True, exist_ok=True)
     for name, entry in state.get("processes", {}).items():
-        (run / f"{name}.pid").write_text(f"{entry['pid']}\n")
-    tmp = run / "stack.json.tmp"
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    os.replace(tmp, run / "stack.json")
+        _write_private(run / f"{name}.pid", f"{entry['pid']}\n")
+    _write_private(run / "stack.json", json.dumps(state, indent=2) + "\n")
 
 
 def _sqlite_driver() -> str:
@@ -268,11 +332,14 @@ def _sqlite_driver() -> str:
 
 def _spawn(name: str, argv: list[str], env: dict, home: Path) -> dict:
     logs = home / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / f"{name}.log", "ab") as out:
+    logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # 0600: Argilla writes the Redis URL (with its password) into its log when Redis does not answer
+    fd = os.open(logs / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "ab") as out:
         proc = subprocess.Popen(
             argv, env=env, cwd=home, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: down() stops it and its children, nothing else
+            umask=UMASK,
         )
     for _ in range(50):  # /proc/<pid>/stat appears at once; loop only for slow filesystems
         ticks = _start_ticks(proc.pid)
@@ -329,12 +396,6 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _healthy(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/api/v1/status", timeout=timeout) as resp:
@@ -352,13 +413,22 @@ def _tail(path: str, lines: int = 15) -> str:
     return "\n".join(text[-lines:])
 
 
-def _redis_ready(port: int, proc_entry: dict, timeout: float) -> None:
+def _redis_ready(home: Path, proc_entry: dict, timeout: float) -> None:
     deadline = time.monotonic() + timeout
+    auth = f"AUTH {_redis_secret(home)}\r\nPING\r\n".encode()
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(0.5)
+                sock.connect(str(_redis_socket(home)))
+                sock.sendall(auth)
+                reply = b""
+                while reply.count(b"\r\n") < 2:
+                    chunk = sock.recv(64)
+                    if not chunk:
+                        break
+                    reply += chunk
+                if reply == b"+OK\r\n+PONG\r\n":
                     return
         except OSError:
             pass
@@ -382,22 +452,82 @@ def status(cfg: Config, home: str | Path | None = None) -> StackStatus:
     return StackStatus(home_, url, procs, healthy, home_ / "credentials.json")
 
 
+def _stack_env(cfg: Config, home: Path) -> dict:
+    """The environment of the server, the worker and a user sync: where the data, Redis and secrets are."""
+    return {
+        **os.environ,
+        "ARGILLA_HOME_PATH": str(home),
+        "ARGILLA_DATABASE_URL": f"sqlite+{_sqlite_driver()}:///{home / 'argilla.db'}",
+        "ARGILLA_REDIS_URL": _redis_url(home),
+        "ARGILLA_SEARCH_ENGINE": "sqlite",
+        "ARGILLA_AUTH_SECRET_KEY": _secret_key(home),
+        "HF_HUB_DISABLE_TELEMETRY": "1",  # Argilla's telemetry switch (ARGILLA_ENABLE_TELEMETRY is deprecated)
+        "CLEANLOOP_SEARCH_INDEX": str(home / "search.sqlite"),
+        "PYTHONUNBUFFERED": "1",
+        # pydantic re-checks every core schema it builds; argilla-server builds TypeAdapters per record
+        # (metadata and question settings), so this check is a large share of logging time
+        "PYDANTIC_SKIP_VALIDATING_CORE_SCHEMAS": "1",
+    }
+
+
+def _prepare_args(cfg: Config, users: dict[str, Credential]) -> list[str]:
+    return ["--workspace", cfg.argilla_workspace, "--users", ",".join(f"{u.username}:{u.role}" for u in users.values())]
+
+
+def _read_sync(home: Path) -> dict:
+    try:
+        return json.loads((home / "run" / "users.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _sync_running(cfg: Config, home: Path, users: dict[str, Credential], timeout: float) -> dict:
+    """Make a running server's users and webhooks match (``_serve --sync-only`` on its database)."""
+    (home / "run" / "users.json").unlink(missing_ok=True)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "cleanloop.labeling._serve", "--sync-only", *_prepare_args(cfg, users)],
+            env=_stack_env(cfg, home), cwd=home, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=timeout, umask=UMASK,
+        )
+    except subprocess.TimeoutExpired:
+        raise CleanloopError(
+            f"syncing the users of the Argilla server for {home} took over {timeout:.0f} s; "
+            "fix: retry, or pass a longer --timeout"
+        ) from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise CleanloopError(
+            f"could not sync the users of the Argilla server for {home} ({last}); "
+            "fix: run 'cleanloop argilla down' and 'cleanloop argilla up'"
+        )
+    return _read_sync(home)
+
+
 def up(cfg: Config, home: str | Path | None = None, *, timeout: float = 180.0) -> StackStatus:
     """Start Redis, the Argilla server (SQLite database and search) and its worker; wait until healthy.
 
-    A stack already running for this home is left as it is (``started=False``). A
-    port taken by another program is an error. Data in the home survives ``down``/``up``.
+    A stack already running for this home keeps running (``started=False``). Either way the
+    server's users are made to match the config and the environment, and webhooks of dead
+    cleanloop listeners are removed (``synced`` says what changed). A port taken by another
+    program is an error. Data in the home survives ``down``/``up``.
     """
     t0 = time.monotonic()
     home_ = _home(cfg, home)
     port = _port(cfg)
     current = status(cfg, home_)
+    if current.running and "redis_socket" not in _read_state(home_):
+        log.warning("the stack for %s was started by an older cleanloop, with a Redis open on a TCP port; "
+                    "restarting it private", home_)
+        down(cfg, home_)
+        current = status(cfg, home_)
     if current.running:
         if current.url != _url(port):
             raise CleanloopError(
                 f"Argilla for {home_} already runs at {current.url}, not at {_url(port)}; "
                 "fix: run 'cleanloop argilla down' first, or use that URL"
             )
+        current.synced = _sync_running(cfg, home_, credentials(cfg, home_, create=True), timeout)
         return current
     if any(current.processes.values()):
         log.info("part of the stack for %s was still running; stopping it before a clean start", home_)
@@ -408,42 +538,24 @@ def up(cfg: Config, home: str | Path | None = None, *, timeout: float = 180.0) -
             f"--argilla-url http://127.0.0.1:<free port>"
         )
 
-    home_.mkdir(parents=True, exist_ok=True)
+    _private_home(home_)
     users = credentials(cfg, home_, create=True)
-    redis_port = _free_port()
-    env = {
-        **os.environ,
-        "ARGILLA_HOME_PATH": str(home_),
-        "ARGILLA_DATABASE_URL": f"sqlite+{_sqlite_driver()}:///{home_ / 'argilla.db'}",
-        "ARGILLA_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "ARGILLA_SEARCH_ENGINE": "sqlite",
-        "ARGILLA_AUTH_SECRET_KEY": _secret_key(home_),
-        "HF_HUB_DISABLE_TELEMETRY": "1",  # Argilla's telemetry switch (ARGILLA_ENABLE_TELEMETRY is deprecated)
-        "CLEANLOOP_SEARCH_INDEX": str(home_ / "search.sqlite"),
-        "PYTHONUNBUFFERED": "1",
-        # pydantic re-checks every core schema it builds; argilla-server builds TypeAdapters per record
-        # (metadata and question settings), so this check is a large share of logging time
-        "PYDANTIC_SKIP_VALIDATING_CORE_SCHEMAS": "1",
-    }
-    state = {"url": _url(port), "port": port, "redis_port": redis_port, "home": str(home_), "processes": {}}
+    env = _stack_env(cfg, home_)
+    state = {"url": _url(port), "port": port, "redis_socket": str(_redis_socket(home_)), "home": str(home_),
+             "processes": {}}
     procs = state["processes"]
+    (home_ / "run" / "users.json").unlink(missing_ok=True)
     try:
-        (home_ / "redis").mkdir(exist_ok=True)
-        procs["redis"] = _spawn(
-            "redis",
-            [_redis_binary(), "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "", "--appendonly", "no",
-             "--dir", str(home_ / "redis"), "--daemonize", "no"],
-            env, home_,
-        )
+        (home_ / "redis").mkdir(mode=0o700, exist_ok=True)
+        _redis_socket(home_).unlink(missing_ok=True)  # left by a Redis that was killed
+        procs["redis"] = _spawn("redis", [_redis_binary(), str(_redis_config(home_))], env, home_)
         _write_state(home_, state)
-        _redis_ready(redis_port, procs["redis"], timeout=15)
+        _redis_ready(home_, procs["redis"], timeout=15)
         procs["worker"] = _spawn("worker", [sys.executable, "-m", "cleanloop.labeling._worker"], env, home_)
         _write_state(home_, state)
         procs["server"] = _spawn(
             "server",
-            [sys.executable, "-m", "cleanloop.labeling._serve", "--port", str(port),
-             "--workspace", cfg.argilla_workspace,
-             "--users", ",".join(f"{u.username}:{u.role}" for u in users.values()),
+            [sys.executable, "-m", "cleanloop.labeling._serve", "--port", str(port), *_prepare_args(cfg, users),
              "--workers", str(cfg.argilla_workers)],
             env, home_,
         )
@@ -469,6 +581,7 @@ def up(cfg: Config, home: str | Path | None = None, *, timeout: float = 180.0) -
         raise
     result = status(cfg, home_)
     result.started, result.seconds = True, time.monotonic() - t0
+    result.synced = _read_sync(home_)
     log.debug("Argilla is up at %s (home %s) in %.1f s", result.url, home_, result.seconds)
     return result
 

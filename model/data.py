@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import socket
 from dataclasses import dataclass
 from importlib import resources
@@ -23,7 +24,7 @@ import pandas as pd
 
 from cleanloop.atomic import write_file
 from cleanloop.config import Config
-from cleanloop.errors import CleanloopError
+from cleanloop.errors import CleanloopError, not_utf8
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ def _read_file(path: Path) -> pd.DataFrame:
                 return pd.read_json(path, lines=True, dtype=False)
             except ValueError:
                 return pd.read_json(path, dtype=False)
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
     except Exception as exc:  # parser errors name the line themselves
         raise CleanloopError(f"{path}: cannot be read as {ext[1:]} ({exc}); fix: check the file format") from None
     raise CleanloopError(f"{path}: unsupported file type '{ext}'; fix: use parquet, csv or jsonl")
@@ -170,7 +173,10 @@ def resolve_label_names(raw: dict[str, RawSplit], cfg: Config) -> list[str]:
             values.update(v for v in rs.frame[cfg.label_column].tolist() if not _is_missing(v))
     if all(isinstance(v, (int, np.integer)) for v in values):
         return [str(i) for i in range(int(max(values)) + 1)] if values else []
-    return sorted(str(v) for v in values)
+    names = {str(v) for v in values}
+    if all(re.fullmatch(r"-?[0-9]+", n) for n in names):  # integers read as text (CSV): "2" before "10"
+        return sorted(names, key=int)
+    return sorted(names)
 
 
 def _label_index(value: Any, names: list[str], index: dict[str, int]) -> int | None:
@@ -188,6 +194,20 @@ def _label_index(value: Any, names: list[str], index: dict[str, int]) -> int | N
     return None
 
 
+def require_columns(rs: RawSplit, cfg: Config, require_labels: bool = True) -> None:
+    """CleanloopError naming the source and the option to fix when a needed column is missing."""
+    need = [cfg.text_column] + ([cfg.label_column] if require_labels else [])
+    if cfg.id_column:
+        need.append(cfg.id_column)
+    option = {cfg.label_column: "--label-column", cfg.id_column: "--id-column", cfg.text_column: "--text-column"}
+    for col in need:
+        if col not in rs.frame.columns:
+            raise CleanloopError(
+                f"{rs.where}: column '{col}' is missing (columns: {', '.join(map(str, rs.frame.columns))}); "
+                f"fix: name the right column with {option[col]}"
+            )
+
+
 def validate_split(
     rs: RawSplit, split: str, cfg: Config, names: list[str], require_labels: bool = True
 ) -> pd.DataFrame:
@@ -197,16 +217,7 @@ def validate_split(
     column, an empty or non-string text, a label outside ``names``, duplicate ids.
     """
     df, where = rs.frame, rs.where
-    need = [cfg.text_column] + ([cfg.label_column] if require_labels else [])
-    if cfg.id_column:
-        need.append(cfg.id_column)
-    option = {cfg.label_column: "--label-column", cfg.id_column: "--id-column", cfg.text_column: "--text-column"}
-    for col in need:
-        if col not in df.columns:
-            raise CleanloopError(
-                f"{where}: column '{col}' is missing (columns: {', '.join(map(str, df.columns))}); "
-                f"fix: name the right column with {option[col]}"
-            )
+    require_columns(rs, cfg, require_labels)
     texts = df[cfg.text_column].tolist()
     for row, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
@@ -265,6 +276,10 @@ def load_data(cfg: Config):
     raw = read_source(cfg)
     if "train" not in raw:
         raise CleanloopError(f"{cfg.dataset}: no 'train' split (found {', '.join(raw)}); fix: name a split train")
+    for rs in raw.values():  # before the label names are read from the label column
+        require_columns(rs, cfg)
+    if raw["train"].frame.empty:
+        raise CleanloopError(f"{raw['train'].where}: the train split has no rows; fix: add labelled examples")
     names = resolve_label_names(raw, cfg)
     if len(names) < 2:
         raise CleanloopError(f"{cfg.dataset}: found {len(names)} label(s); fix: a classifier needs at least two")

@@ -199,6 +199,8 @@ class Overloaded(Exception):
 
 # --- errors -------------------------------------------------------------------------
 
+TRUNCATE_FACTOR = 10  # with --truncate, a text of up to 10 x --max-chars is cut; a longer one is refused (413)
+
 EXAMPLE = '{"texts": ["i feel great"]}'
 
 
@@ -208,7 +210,7 @@ def _kind(value) -> str:
     )
 
 
-def _explain(err: dict, max_texts: int, max_chars: int, num_labels: int) -> tuple[int, str]:
+def _explain(err: dict, max_texts: int, max_chars: int, num_labels: int, truncate: bool = False) -> tuple[int, str]:
     """One pydantic/FastAPI validation error -> (status, one-line message). Never quotes a text."""
     typ, loc, ctx = err.get("type", ""), tuple(err.get("loc", ())), err.get("ctx") or {}
     where = loc[1:] if loc[:1] == ("body",) else loc
@@ -240,7 +242,9 @@ def _explain(err: dict, max_texts: int, max_chars: int, num_labels: int) -> tupl
         if typ == "string_too_long":
             return 413, (
                 f"texts[{idx}] has {len(value) if isinstance(value, str) else '?'} characters, over the limit "
-                f"of {max_chars}; fix: shorten it, or start the server with --truncate"
+                f"of {max_chars}; fix: shorten it"
+                + (f" (--truncate cuts texts of up to {max_chars} characters)" if truncate
+                   else ", or start the server with --truncate")
             )
         if typ == "value_error":
             return 422, f"texts[{idx}] {ctx.get('error', 'is not valid text')}"
@@ -259,21 +263,79 @@ def _explain(err: dict, max_texts: int, max_chars: int, num_labels: int) -> tupl
 
 
 class _BodyLimit:
-    """Pure ASGI middleware: 413 before reading a body whose Content-Length is over ``limit``."""
+    """Pure ASGI middleware: 413 for a body over ``limit`` bytes, counted as they arrive.
+
+    A Content-Length over the limit is refused before anything is read; a chunked body (no
+    Content-Length) is read up to the limit and refused as soon as it goes over, so at most
+    ``limit`` bytes of a request are ever held. The body read here is handed on to the app.
+    """
 
     def __init__(self, app, limit: int, fix: str):
         self.app, self.limit, self.fix = app, limit, fix
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            size = dict(scope["headers"]).get(b"content-length", b"")
-            if size.isdigit() and int(size) > self.limit:
-                from fastapi.responses import JSONResponse
+    async def _refuse(self, scope, receive, send, size: str) -> None:
+        from fastapi.responses import JSONResponse
 
-                detail = f"the request body is {int(size):,} bytes, over the limit of {self.limit:,}; fix: {self.fix}"
-                await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+        detail = f"the request body is {size} bytes, over the limit of {self.limit:,}; fix: {self.fix}"
+        await JSONResponse({"detail": detail}, status_code=413, headers={"Connection": "close"})(scope, receive, send)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        size = dict(scope["headers"]).get(b"content-length", b"")
+        if size.isdigit() and int(size) > self.limit:
+            return await self._refuse(scope, receive, send, f"{int(size):,}")
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
                 return
-        await self.app(scope, receive, send)
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.limit:
+                return await self._refuse(scope, receive, send, f"over {self.limit:,}")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for a disconnect, as the server would
+
+        await self.app(scope, replay, send)
+
+
+def listen_socket(host: str, port: int):
+    """A socket bound to ``host:port`` and listening, or a one-line CleanloopError (port taken, bad host).
+
+    Bound before the model loads, so a taken port is said at once; the server then serves on it.
+    """
+    import socket
+
+    from cleanloop.errors import CleanloopError
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise CleanloopError(f"cannot listen on host {host!r} ({exc}); fix: pass --host 127.0.0.1 or a local address")
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        why = "is in use by another program" if exc.errno == 98 else f"cannot be used ({exc.strerror})"
+        raise CleanloopError(
+            f"port {port} on {host} {why}; fix: stop that program, or pass --port with a free port (0: any free one)"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _valid_unicode(text: str) -> str:
@@ -300,7 +362,8 @@ def create_app(
     text in order: ``label``, ``score``, ``probabilities`` (by label name), ``truncated``
     and, with ``top_k``, the k most likely labels. Limits: 1 to ``max_texts`` texts of at
     most ``max_chars`` characters each (413 beyond; with ``truncate=True`` longer texts are
-    cut to ``max_chars`` and marked ``truncated``). Malformed JSON -> 400, any other bad
+    cut to ``max_chars`` and marked ``truncated``, up to ``TRUNCATE_FACTOR * max_chars``; the
+body is limited to what such texts need, counted as it is read, chunked or not). Malformed JSON -> 400, any other bad
     input -> 422, a full queue -> 503.
     """
     from fastapi import FastAPI, Request
@@ -313,7 +376,8 @@ def create_app(
         raise ValueError(f"expected max_texts >= 1 and max_chars >= 1, got {max_texts!r} and {max_chars!r}")
     labels = list(predictor.label_names)
     num_labels = len(labels)
-    text_limit = None if truncate else max_chars
+    # --truncate cuts a text to max_chars, but never accepts one over TRUNCATE_FACTOR times that
+    text_limit = max_chars * TRUNCATE_FACTOR if truncate else max_chars
     Text = Annotated[str, StringConstraints(strict=True, max_length=text_limit), AfterValidator(_valid_unicode)]
 
     class PredictRequest(BaseModel):
@@ -361,14 +425,14 @@ def create_app(
     )
     app.state.batcher = batcher
     # JSON may spell one character in up to 12 bytes (a surrogate pair as two \\uXXXX escapes).
-    body_limit = max_texts * ((max_chars * (10 if truncate else 1)) * 12 + 16) + 4096
+    body_limit = max_texts * (text_limit * 12 + 16) + 4096
 
     app.add_middleware(_BodyLimit, limit=body_limit, fix=f"send at most {max_texts} texts of at most {max_chars} characters")
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError):
         errors = exc.errors()
-        explained = [_explain(e, max_texts, max_chars, num_labels) for e in errors[:20]]
+        explained = [_explain(e, max_texts, text_limit, num_labels, truncate) for e in errors[:20]]
         status = 400 if any(s == 400 for s, _ in explained) else max(s for s, _ in explained) if explained else 422
         body = {"detail": explained[0][1] if explained else "invalid request"}
         if len(explained) > 1:

@@ -122,3 +122,46 @@ def test_describe_counts_and_plots(tmp_path):
     assert joy.examples == 2 and joy.share == 0.5 and joy.words_mean == 4.0
     pngs = plot_describe(dd, tmp_path / "plots")
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+def test_missing_label_column_is_named_not_counted(tmp_path):
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"text": ["a b", "c d"], "category": ["x", "y"]}).to_csv(path, index=False)
+    with pytest.raises(CleanloopError, match=r"column 'label' is missing \(columns: text, category\).*--label-column"):
+        load_data(Config(dataset=str(path)))
+
+
+def test_integer_labels_in_csv_sort_as_numbers(tmp_path):
+    path = tmp_path / "d.csv"
+    rows = [(f"text {i} here", str(i % 12)) for i in range(24)]
+    pd.DataFrame(rows, columns=["text", "label"]).to_csv(path, index=False)
+    dd = load_data(Config(dataset=str(path)))
+    names = dd["train"].features["label"].names
+    assert names == [str(i) for i in range(12)]  # not "0", "1", "10", "11", "2", ...
+    assert [names[i] for i in dd["train"]["label"]] == [label for _, label in rows]
+
+
+def test_non_utf8_file_names_line_and_fix(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes("text,label\nhello,joy\ncaf\xe9,sadness\n".encode("latin-1"))
+    with pytest.raises(CleanloopError, match=r"d.csv: line 3 is not UTF-8 text \(byte 0xe9.*fix: save it as UTF-8"):
+        load_data(Config(dataset=str(path)))
+
+
+def test_cli_writes_files_only_its_user_can_read(tmp_path):
+    """Every process cleanloop starts runs with umask 077: folders 0700, files 0600."""
+    import os
+    import stat
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = write_split_files(tmp_path / "d")
+    exe = Path(sys.executable).with_name("cleanloop")
+    done = subprocess.run([str(exe), "data", "describe", "--dataset", str(data), "--workdir", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    made = [tmp_path / "run", *(tmp_path / "run").rglob("*")]
+    assert any(p.suffix == ".png" for p in made)
+    for p in made:
+        assert stat.S_IMODE(os.stat(p).st_mode) == (0o700 if p.is_dir() else 0o600), p

@@ -243,3 +243,69 @@ def test_real_server_process(tiny_model, reference, tmp_path):
     text = log_file.read_text()
     assert "POST /predict" in text and " 413" in text  # the access log has paths and statuses...
     assert marker not in text  # ...but no request bodies
+
+
+def test_truncate_still_bounds_text_length(predictor):
+    from cleanloop.model.serve import TRUNCATE_FACTOR
+
+    app = create_app(predictor, max_chars=12, truncate=True)
+    with TestClient(app) as c:
+        ok = c.post("/predict", json={"texts": ["x" * 12 * TRUNCATE_FACTOR]})
+        over = c.post("/predict", json={"texts": ["x" * (12 * TRUNCATE_FACTOR + 1)]})
+    assert ok.status_code == 200 and ok.json()["results"][0]["truncated"]
+    assert over.status_code == 413 and f"over the limit of {12 * TRUNCATE_FACTOR}" in over.json()["detail"]
+
+
+def test_chunked_body_is_counted_as_it_is_read(predictor):
+    """A chunked upload (no Content-Length) gets its 413 once it passes the limit, not after it ends."""
+    import uvicorn
+
+    from cleanloop.model.serve import listen_socket
+
+    app = create_app(predictor, max_texts=2, max_chars=10)
+    sock = listen_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not srv.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n")
+            chunk = b"x" * 65536  # over the ~4 kB limit; the body never ends (no 0-size chunk follows)
+            conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            reply = b""
+            while b"over the limit" not in reply:
+                part = conn.recv(4096)
+                if not part:
+                    break
+                reply += part
+        assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+        assert b"over the limit" in reply
+        with TestClient(app) as c:  # a small chunked body still goes through
+            small = c.post("/predict", content=iter([b'{"texts": ', b'["ok"]}']),
+                           headers={"content-type": "application/json"})
+        assert small.status_code == 200, small.text
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_serve_on_a_taken_port_fails_before_loading_the_model(tmp_path):
+    exe = Path(sys.executable).with_name("cleanloop")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        t0 = time.monotonic()
+        done = subprocess.run([str(exe), "serve", "--model", str(tmp_path / "no-model-here"), "--port", str(port)],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: port ") and "in use" in lines[0], done.stderr
+    assert "no model" not in done.stderr  # the port is checked first
+    assert time.monotonic() - t0 < 60

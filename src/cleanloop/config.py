@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
+from urllib.parse import urlparse
 
 from cleanloop.errors import CleanloopError
 
@@ -104,6 +105,56 @@ class Config:
             raise CleanloopError(f"dynamics_epochs must be 0 (all) or more, got {self.dynamics_epochs}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise CleanloopError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Every number in its range and every name non-empty, so a bad value fails at load, not mid-run."""
+        import math
+
+        from cleanloop.loops.signals import FILTER_BY
+
+        def bad(name: str, want: str, fix: str = "") -> CleanloopError:
+            value = getattr(self, name)
+            return CleanloopError(
+                f"{name} must be {want}, got {value!r}; fix: set {name} (--{name.replace('_', '-')}) "
+                f"{fix or 'to a value in that range'}"
+            )
+
+        for name in ("epochs", "learning_rate"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise bad(name, "a number above 0")
+        for name in ("batch_size", "eval_batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise bad(name, "1 or more")
+        for name in ("max_train_samples", "max_review"):
+            if getattr(self, name) < 0:
+                raise bad(name, "0 (all) or more")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise bad("weight_decay", "0 or more")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise bad("warmup_ratio", "in [0, 1)")
+        if self.folds < 2:
+            raise bad("folds", "2 or more")
+        if not 0 <= self.seed < 2**32:
+            raise bad("seed", f"from 0 to {2**32 - 1}")
+        if self.filter_by not in FILTER_BY:
+            raise bad("filter_by", "one of cleanlab's filters", f"to one of {', '.join(FILTER_BY)}")
+        for name in ("dataset", "text_column", "label_column", "base_model", "workdir", "argilla_workspace",
+                     "argilla_dataset"):
+            if not str(getattr(self, name)).strip():
+                raise bad(name, "a non-empty text", "to a name")
+        if self.text_column == self.label_column:
+            raise bad("label_column", f"another column than text_column ({self.text_column!r})", "to the label's column")
+        if self.label_names and (len(set(self.label_names)) != len(self.label_names) or len(self.label_names) < 2):
+            raise bad("label_names", "two or more different names", "to the names in index order, or leave it empty")
+        try:
+            url = urlparse(self.argilla_url)
+            url_ok = url.scheme in ("http", "https") and bool(url.hostname) and (url.port is None or url.port > 0)
+        except ValueError:  # a port that is not a number, or over 65535
+            url_ok = False
+        if not url_ok:
+            raise bad("argilla_url", "an http:// or https:// URL with a host", "to e.g. http://127.0.0.1:6900")
 
     @property
     def workpath(self) -> Path:
@@ -131,6 +182,11 @@ def _coerce(name: str, value: Any, typ: Any, where: str) -> Any:
         return [inner(v) for v in value]
     if typ is bool and not isinstance(value, bool):
         raise CleanloopError(f"{where}: '{name}' must be true or false, got {value!r}")
+    if typ in (int, float) and (isinstance(value, (bool, list, dict)) or (typ is int and isinstance(value, float)
+                                                                          and not value.is_integer())):
+        raise CleanloopError(f"{where}: '{name}' must be {'an integer' if typ is int else 'a number'}, got {value!r}")
+    if typ is str and isinstance(value, (list, dict, bool)):
+        raise CleanloopError(f"{where}: '{name}' must be a text, got {value!r}; fix: write {name} = \"...\"")
     try:
         return typ(value)
     except (TypeError, ValueError):

@@ -9,6 +9,7 @@ Each ``cli/<area>.py`` module adds its commands to :data:`app` when imported.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -26,6 +27,9 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
+    # what cleanloop writes (models, scores, journal, versions, the Argilla home) and every process
+    # it starts is the user's alone: files 0600, folders 0700
+    os.umask(0o077)
     try:
         app(standalone_mode=False)
     except click.exceptions.Abort:

@@ -40,6 +40,7 @@ def active(cfg: Config, home, strategy, batch, rounds, seed_per_class, switch_pe
     --switch-per-class on), picks --batch pool examples with --strategy, pushes them with the model's
     suggestion and waits for the annotators. Resumable (state in WORKDIR/active/loop/state.json).
     """
+    from cleanloop.labeling.argilla_io import server_errors
     from cleanloop.loops.active import ActiveOptions, active_config, run_active
     from cleanloop.loops.retrain import loop_root
 
@@ -66,5 +67,6 @@ def active(cfg: Config, home, strategy, batch, rounds, seed_per_class, switch_pe
                "final": lambda: "final " + metrics(res)}[step]()
         click.echo(f"[round {rnd}] {step}: {msg}")
 
-    state = run_active(cfg, opts, home=home, display=display, on_step=on_step)
+    with server_errors(cfg.argilla_url, "active"):  # resumable: running it again goes on where it stopped
+        state = run_active(cfg, opts, home=home, display=display, on_step=on_step)
     click.echo(f"done: {len(state.rounds)} round(s); history {loop_root(active_config(cfg)) / 'history.json'}")

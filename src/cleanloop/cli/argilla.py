@@ -31,7 +31,11 @@ def argilla() -> None:
 @_home_option
 @click.option("--timeout", type=float, default=180.0, show_default=True, help="Seconds to wait for a healthy server.")
 def argilla_up(cfg: Config, home: str | None, timeout: float) -> None:
-    """Start Redis, the Argilla server and its worker on 127.0.0.1 and wait until healthy (a no-op if running)."""
+    """Start Redis, the Argilla server and its worker on 127.0.0.1 and wait until healthy.
+
+    Running again is safe: a running stack keeps running, and its users are made to match the
+    config and the CLEANLOOP_ARGILLA_<USER>_PASSWORD / _API_KEY environment.
+    """
     from cleanloop.labeling.server import credentials, mask, up
 
     st = up(cfg, home, timeout=timeout)
@@ -40,6 +44,11 @@ def argilla_up(cfg: Config, home: str | None, timeout: float) -> None:
     else:
         click.echo(f"Argilla already runs at {st.url}; home {st.home}")
     _echo_processes(st)
+    for what in ("created", "updated", "disabled"):
+        if st.synced.get(what):
+            click.echo(f"users {what}: {', '.join(st.synced[what])}")
+    if st.synced.get("webhooks_removed"):
+        click.echo(f"removed {len(st.synced['webhooks_removed'])} webhook(s) of review listeners that no longer run")
     users = credentials(cfg, st.home)
     click.echo(f"users (workspace '{cfg.argilla_workspace}'); passwords and API keys in {st.credentials_file}:")
     for c in users.values():

@@ -50,7 +50,8 @@ def push(cfg: Config, home: str | None, rnd: int | None, queue_path: str | None)
     emb = embed_queue(cfg, train, queue)
     client = aio.connect(cfg, home)
     skip = reviewed_ids(cfg)
-    ids = push_step(client, cfg, queue, emb, train.features["label"].names, rnd, skip)
+    with aio.server_errors(cfg.argilla_url, "push"):
+        ids = push_step(client, cfg, queue, emb, train.features["label"].names, rnd, skip)
     click.echo(f"pushed {len(ids):,} records to {cfg.argilla_url} dataset {cfg.argilla_workspace}/{cfg.argilla_dataset} "
                f"(round {rnd}; {len(queue) - len(ids):,} already reviewed, skipped)")
 
@@ -72,7 +73,8 @@ def pull(cfg: Config, home: str | None, rnd: int | None) -> None:
     original = load_workdir_data(cfg)
     client = aio.connect(cfg, home)
     with Journal(journal_path(cfg)) as journal:
-        result = pull_step(client, cfg, journal, original["train"], rnd)
+        with aio.server_errors(cfg.argilla_url, "pull"):
+            result = pull_step(client, cfg, journal, original["train"], rnd)
         path = write_version(original, journal, versions_root(cfg), rnd)
         stats = round_stats(journal, rnd)
     click.echo(f"pull: {result.new_votes:,} new answers, {len(result.decisions):,} new decisions "
@@ -182,6 +184,7 @@ def retrain_loop(cfg: Config, home, rounds, min_reviewed, review_timeout, poll_s
     Resumable: run it again after a crash or Ctrl-C and it goes on where it stopped
     (state in WORKDIR/loop/state.json). --max-review caps each round's review queue.
     """
+    from cleanloop.labeling.argilla_io import server_errors
     from cleanloop.loops.retrain import LoopOptions, loop_root, run_loop
 
     opts = LoopOptions(rounds=rounds, min_reviewed=min_reviewed, review_timeout=review_timeout,
@@ -202,6 +205,7 @@ def retrain_loop(cfg: Config, home, rounds, min_reviewed, review_timeout, poll_s
                                 f"macro F1 {res.get('test_macro_f1', float('nan')):.3f}"}[step]()
         click.echo(f"[round {rnd}] {step}: {msg}")
 
-    state = run_loop(cfg, opts, home=home, display=display, on_step=on_step)
+    with server_errors(cfg.argilla_url, "retrain-loop"):  # resumable: running it again goes on where it stopped
+        state = run_loop(cfg, opts, home=home, display=display, on_step=on_step)
     root = loop_root(cfg)
     click.echo(f"done: {len(state.rounds)} round(s); history {root / 'history.json'}; report {root / 'report.md'}")

@@ -12,7 +12,7 @@ import click
 
 from cleanloop.cli.options import app, config_options
 from cleanloop.config import SERVE_MAX_BATCH, SERVE_MAX_WAIT_MS, Config
-from cleanloop.errors import CleanloopError
+from cleanloop.errors import CleanloopError, not_utf8
 
 log = logging.getLogger("cleanloop")
 
@@ -32,15 +32,17 @@ def read_texts(path: Path, text_column: str = "text") -> list[str]:
             f"cannot read {path}: expected a {', '.join(sorted(FILE_KINDS))} file, got {path.suffix or 'no suffix'!r}; "
             "fix: rename it or convert it"
         )
-    if kind == "txt":
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     try:
+        if kind == "txt":
+            return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         if kind == "csv":
             df = pd.read_csv(path, dtype={text_column: object}, keep_default_na=False)
         elif kind == "jsonl":
             df = pd.read_json(path, lines=True, dtype=False)
         else:
             df = pd.read_parquet(path)
+    except UnicodeDecodeError as exc:
+        raise not_utf8(path) from None
     except (ValueError, OSError) as exc:
         raise CleanloopError(f"cannot read {path} as {kind} ({str(exc).splitlines()[0][:160]})") from None
     if text_column not in df.columns:
@@ -216,8 +218,10 @@ def serve(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import uvicorn
 
-    from cleanloop.model.serve import create_app
+    from cleanloop.model.serve import create_app, listen_socket
 
+    sock = listen_socket(host, port)  # a taken port is said now, not after the model has loaded
+    port = sock.getsockname()[1]
     folder, predictor = _load_predictor(cfg, model_path)
     api = create_app(
         predictor,
@@ -236,4 +240,4 @@ def serve(
         f"(POST /predict, GET /health, GET /labels; docs at /docs); Ctrl+C to stop",
         err=True,
     )
-    uvicorn.run(api, host=host, port=port, log_level="info", access_log=True)
+    uvicorn.Server(uvicorn.Config(api, host=host, port=port, log_level="info", access_log=True)).run(sockets=[sock])
