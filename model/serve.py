@@ -421,6 +421,7 @@ def create_app(
             "status": "ok",
             "model": model_name,
             "labels": num_labels,
+            "precision": predictor.precision,
             "pending": batcher.pending,
             "model_calls": batcher.groups,
             "texts_predicted": batcher.texts_done,
