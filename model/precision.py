@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cleanloop.config import PRECISIONS
 from cleanloop.errors import CleanloopError
 
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
 MIN_AGREEMENT = 0.999  # top-1 agreement with fp32 below which `auto` falls back to fp32
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -80,12 +80,15 @@ def resolve(requested: str, device: torch.device, checks: dict | None = None) ->
     validate(requested)
     if requested == "int8" and device.type != "cpu":
         raise CleanloopError(f"precision int8 runs on CPU only, the model is on {device.type}; fix: --precision bf16 or auto")
+    lacks = "this GPU has no bf16" if device.type == "cuda" else f"this CPU has no {' or '.join(BF16_CPU_FLAGS)}"
+    return _pick(requested, native_bf16(device), lacks, checks)
+
+
+def _pick(requested: str, native: str | None, lacks: str, checks: dict | None) -> tuple[str, str]:
     if requested != "auto":
         return requested, "asked"
-    native = native_bf16(device)
     if native is None:
-        where = "this GPU" if device.type == "cuda" else "this CPU"
-        return "fp32", f"auto: {where} has no native bf16 ({'/'.join(BF16_CPU_FLAGS)})"
+        return "fp32", f"auto: {lacks}"
     agreement = (checks or {}).get("bf16", {}).get("agreement")
     if agreement is not None and agreement < MIN_AGREEMENT:
         return "fp32", f"auto: bf16 agreed with fp32 on only {agreement:.2%} of validation top labels (< {MIN_AGREEMENT:.1%})"

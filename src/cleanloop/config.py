@@ -26,6 +26,9 @@ DEFAULT_DATASET = "dair-ai/emotion"
 SERVE_MAX_WAIT_MS = 10.0
 SERVE_MAX_BATCH = 8
 
+# Numeric precisions (cleanloop.model.precision): 'auto' picks bf16 where the hardware runs it natively.
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+
 
 @dataclass
 class Config:
@@ -108,10 +111,8 @@ class Config:
             raise CleanloopError(f"argilla_workers must be at least 1, got {self.argilla_workers}")
         if self.dynamics_epochs < 0:
             raise CleanloopError(f"dynamics_epochs must be 0 (all) or more, got {self.dynamics_epochs}")
-        if self.precision not in ("auto", "fp32", "bf16", "int8"):
-            raise CleanloopError(
-                f"precision must be 'auto', 'fp32', 'bf16' or 'int8', got {self.precision!r}; fix: pick one of those"
-            )
+        if self.precision not in PRECISIONS:
+            raise CleanloopError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise CleanloopError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
