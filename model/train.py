@@ -161,6 +161,7 @@ class ClassifierTrainer:
             dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available(),
             bf16=train_bf16,
+            use_cpu=train_bf16 and device.type == "cpu",  # the Trainer's bf16 on CPU asks for it
         )
 
         def compute_metrics(pred):
