@@ -12,13 +12,29 @@ from cleanloop.atomic import write_text
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (lscpu's), from /proc/cpuinfo where there is one."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def machine() -> dict:
     import torch
 
     from importlib.metadata import version
 
+    from cleanloop.model.precision import hardware
+
     return {
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "cpu_model": cpu_model(),
+        "cpu_vector_flags": hardware(torch.device("cpu"))["cpu_flags"],  # avx2/fma/avx512*/amx*: what bf16 needs
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),

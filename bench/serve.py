@@ -182,6 +182,8 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--max-wait-ms", type=float, default=SERVE_MAX_WAIT_MS)
     ap.add_argument("--max-batch", type=int, default=SERVE_MAX_BATCH)
+    ap.add_argument("--precision", default="auto", help="precision of the batch path and cleanloop serve "
+                    "(the naive server stays fp32): auto, fp32, bf16 or int8")
     ap.add_argument("--out", default="bench/out/serve", help="server logs and the fallback model")
     ap.add_argument("--naive-server", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -208,13 +210,14 @@ def main() -> None:
 
     from cleanloop.model.predict import Predictor
 
-    predictor = Predictor.load(model, device="cpu", max_length=args.max_length)
+    predictor = Predictor.load(model, device="cpu", max_length=args.max_length, precision=args.precision)
     exe = str(Path(sys.executable).with_name("cleanloop"))
     served_port, naive_port = free_port(), free_port()
     procs = [
         start_server([exe, "serve", "--model", model, "--port", str(served_port), "--max-wait-ms",
                       str(args.max_wait_ms), "--max-batch", str(args.max_batch), "--eval-batch-size",
-                      str(args.batch_size), "--max-length", str(args.max_length)], served_port, out / "served.log"),
+                      str(args.batch_size), "--max-length", str(args.max_length), "--precision", args.precision],
+                     served_port, out / "served.log"),
     ]
     try:  # both servers wait idle while the other phases run; phases alternate so drift hits all three alike
         procs.append(start_server([sys.executable, __file__, "--model", model, "--naive-server", str(naive_port),
@@ -262,6 +265,8 @@ def main() -> None:
         "max_wait_ms": args.max_wait_ms,
         "max_batch": args.max_batch,
         "max_length": args.max_length,
+        "precision": {"asked": args.precision, "batch_path": predictor.precision, "served": health.get("precision"),
+                      "why": predictor.precision_reason, "naive": "fp32"},
         "model": model_kind,
         "texts": "emotion validation tweets",
         "load_generator": "one thread per client, http.client keep-alive connections",
@@ -271,7 +276,8 @@ def main() -> None:
     print(
         f"serve (median of {args.repeats}): batch {result['batch_per_s']}/s; served {result['served_per_s']}/s "
         f"(p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms, {args.clients} clients) = "
-        f"{result['served_vs_batch']}x batch, {result['served_vs_naive']}x naive ({result['naive_served_per_s']}/s) "
+        f"{result['served_vs_batch']}x batch, {result['served_vs_naive']}x naive ({result['naive_served_per_s']}/s), "
+        f"precision {predictor.precision} "
         f"-> {path}"
     )
 

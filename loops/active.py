@@ -180,7 +180,7 @@ class FinetuneLearner(Learner):
                                             "label": np.asarray(labels).tolist()}, features=feats)
         cfg = self.cfg.replace(epochs=finetune_epochs(len(texts), self.cfg.epochs, self.min_examples))
         ClassifierTrainer(cfg).train(datasets.DatasetDict({"train": train}), self.folder)
-        self.predictor = Predictor.load(self.folder, max_length=self.cfg.max_length)
+        self.predictor = Predictor.load(self.folder, max_length=self.cfg.max_length, precision=self.cfg.precision)
         return self
 
     def predict_proba(self, texts):

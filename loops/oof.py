@@ -76,6 +76,6 @@ def oof_finetune(
             progress(f"fold {i + 1}/{k}: fine-tuning on {len(train_idx):,} examples")
         out = cfg.workpath / "oof" / f"fold-{i}"
         ClassifierTrainer(fold_cfg).train(datasets.DatasetDict({"train": train_ds.select(train_idx)}), out)
-        pred = Predictor.load(out, max_length=cfg.max_length)
+        pred = Predictor.load(out, max_length=cfg.max_length, precision=cfg.precision)
         probs[held] = pred.predict_arrays(train_ds.select(held)["text"], batch_size=cfg.eval_batch_size)["probs"]
     return probs

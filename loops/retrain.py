@@ -193,7 +193,7 @@ def embed_queue(cfg: Config, train_ds, queue, feats: np.ndarray | None = None) -
     folder = model_dir(cfg)
     if not folder.exists():
         return None
-    pred = Predictor.load(folder, max_length=cfg.max_length)
+    pred = Predictor.load(folder, max_length=cfg.max_length, precision=cfg.precision)
     return pred.predict_arrays(list(queue["text"]), cfg.eval_batch_size)["embeddings"].astype(np.float32)
 
 

@@ -1,4 +1,5 @@
-"""The one inference loop: length-sorted batches, dynamic padding, ``torch.inference_mode``.
+"""The one inference loop: length-sorted batches, dynamic padding, ``torch.inference_mode``,
+in the numeric precision asked (fp32, bf16 autocast, int8; see :mod:`cleanloop.model.precision`).
 
 Scoring, prediction, frozen features and the training-dynamics record all go
 through :func:`forward_batches`, so there is a single place that turns texts
@@ -16,6 +17,7 @@ import torch
 
 from cleanloop.config import DEFAULT_BASE_MODEL
 from cleanloop.errors import CleanloopError
+from cleanloop.model.precision import autocast, prepare
 
 
 def packaged_model_dir() -> Path:
@@ -46,6 +48,7 @@ def default_device() -> torch.device:
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of token vectors over the attention mask: (batch, seq, dim) -> (batch, dim)."""
+    hidden = hidden.float()  # bf16 hidden states are summed in fp32
     m = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
@@ -64,6 +67,7 @@ def forward_batches(
     batch_size: int = 32,
     max_length: int = 64,
     progress: Callable[[int], None] | None = None,
+    precision: str = "fp32",
 ) -> dict[str, np.ndarray]:
     """Run ``step(model_output, batch)`` over all texts and return its arrays in input order.
 
@@ -71,6 +75,8 @@ def forward_batches(
     dict of tensors whose first dimension is the batch. Returns a dict of arrays
     with first dimension N, rows in the order of ``texts``.
     progress: called with the number of texts done after each batch.
+    precision: 'fp32', 'bf16' (autocast) or 'int8' (a dynamically quantized copy of the
+    model, made once per call unless ``model`` is quantized already); resolve 'auto' first.
     """
     texts = list(texts)
     if not texts:
@@ -79,15 +85,16 @@ def forward_batches(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    runner = prepare(model, precision)
     parts: dict[str, list[np.ndarray]] = {}
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(precision, device):
             for start in range(0, len(texts), batch_size):
                 idx = order[start : start + batch_size]
                 batch = tokenizer(
                     [texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
                 ).to(device)
-                out = model(**batch, output_hidden_states=True)
+                out = runner(**batch, output_hidden_states=True)
                 for k, v in step(out, batch).items():
                     parts.setdefault(k, []).append(v.float().cpu().numpy())
                 if progress is not None:

@@ -18,6 +18,7 @@ from cleanloop.model.infer import (
     forward_batches,
     resolve_model_name,
 )
+from cleanloop.model.precision import checks_of, prepare, resolve
 
 FEATURES_HEAD = "logreg.joblib"
 FEATURES_META = "features.json"
@@ -44,8 +45,13 @@ class Predictor:
     >>> p.predict(["i feel great"])[0].label
     """
 
-    def __init__(self, model, tokenizer, label_names: list[str], max_length: int = 64, head=None, pooling="mean"):
-        self.model = model
+    def __init__(
+        self, model, tokenizer, label_names: list[str], max_length: int = 64, head=None, pooling="mean",
+        precision: str = "fp32", precision_reason: str = "asked",
+    ):
+        self.precision = precision  # resolved: 'fp32', 'bf16' or 'int8'
+        self.precision_reason = precision_reason
+        self.model = prepare(model, precision)
         self.tokenizer = tokenizer
         self.label_names = list(label_names)
         self.max_length = max_length
@@ -53,11 +59,16 @@ class Predictor:
         self.pooling = pooling
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None, max_length: int = 64) -> "Predictor":
+    def load(
+        cls, path: str | Path, device: str | torch.device | None = None, max_length: int = 64, precision: str = "auto"
+    ) -> "Predictor":
+        """precision: 'auto' (bf16 where native, unless the model's recorded check refused it), 'fp32',
+        'bf16' or 'int8'; the one picked is ``predictor.precision``, why in ``precision_reason``."""
         from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
         folder = Path(path)
         dev = torch.device(device) if device is not None else default_device()
+        prec = resolve(precision, dev, checks_of(folder))
         if (folder / FEATURES_HEAD).exists():
             import joblib
 
@@ -66,7 +77,7 @@ class Predictor:
             model = AutoModel.from_pretrained(encoder_name).to(dev)
             tok = AutoTokenizer.from_pretrained(encoder_name)
             head = joblib.load(folder / FEATURES_HEAD)
-            return cls(model, tok, meta["label_names"], meta.get("max_length", max_length), head, meta["pooling"])
+            return cls(model, tok, meta["label_names"], meta.get("max_length", max_length), head, meta["pooling"], *prec)
         name = str(folder) if folder.exists() else resolve_model_name(str(path))
         try:
             model = AutoModelForSequenceClassification.from_pretrained(name).to(dev)
@@ -81,7 +92,7 @@ class Predictor:
         meta_file = folder / "cleanloop.json"
         if meta_file.exists():
             max_length = json.loads(meta_file.read_text()).get("max_length", max_length)
-        return cls(model, tok, names, max_length)
+        return cls(model, tok, names, max_length, precision=prec[0], precision_reason=prec[1])
 
     def predict_arrays(
         self,
@@ -96,10 +107,11 @@ class Predictor:
         """
         if self.head is None:
             return forward_batches(
-                self.model, self.tokenizer, texts, classifier_step, batch_size, self.max_length, progress
+                self.model, self.tokenizer, texts, classifier_step, batch_size, self.max_length, progress, self.precision
             )
         feats = forward_batches(
-            self.model, self.tokenizer, texts, encoder_step(self.pooling), batch_size, self.max_length, progress
+            self.model, self.tokenizer, texts, encoder_step(self.pooling), batch_size, self.max_length, progress,
+            self.precision,
         )["features"]
         probs = np.zeros((len(feats), len(self.label_names)), dtype=np.float32)
         probs[:, self.head.classes_] = self.head.predict_proba(feats)

@@ -485,6 +485,7 @@ body is limited to what such texts need, counted as it is read, chunked or not).
             "status": "ok",
             "model": model_name,
             "labels": num_labels,
+            "precision": predictor.precision,
             "pending": batcher.pending,
             "model_calls": batcher.groups,
             "texts_predicted": batcher.texts_done,

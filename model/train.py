@@ -26,7 +26,8 @@ from cleanloop import __version__
 from cleanloop.atomic import folder_tmp, replace_folder, save_npy
 from cleanloop.config import Config
 from cleanloop.model.card import model_card
-from cleanloop.model.infer import classifier_step, encoder_step, forward_batches, resolve_model_name
+from cleanloop.model import precision as prec
+from cleanloop.model.infer import classifier_step, default_device, encoder_step, forward_batches, resolve_model_name
 from cleanloop.model.metrics import classification_metrics, plot_confusion_matrix
 from cleanloop.model.predict import FEATURES_HEAD, FEATURES_META
 
@@ -119,6 +120,9 @@ class ClassifierTrainer:
         enc = enc.remove_columns([c for c in enc["train"].column_names if c not in keep])
         has_val = "validation" in dd
         per_epoch = cfg.epochs > 1 and has_val
+        device = default_device()
+        run_prec = prec.resolve(cfg.precision, device)[0]  # before the check: dynamics, training
+        train_bf16 = run_prec == "bf16"  # int8 is for inference only: it trains in fp32
         args = TrainingArguments(
             output_dir=str(cfg.workpath / "checkpoints"),
             num_train_epochs=cfg.epochs,
@@ -142,6 +146,8 @@ class ClassifierTrainer:
             seed=cfg.seed,
             dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available(),
+            bf16=train_bf16,
+            use_cpu=train_bf16 and device.type == "cpu",  # the Trainer's bf16 on CPU asks for it
         )
 
         def compute_metrics(pred):
@@ -180,7 +186,7 @@ class ClassifierTrainer:
                     return
                 t0 = time.perf_counter()
                 probs = forward_batches(
-                    model, tok, train_texts, classifier_step, cfg.eval_batch_size, cfg.max_length
+                    model, tok, train_texts, classifier_step, cfg.eval_batch_size, cfg.max_length, precision=run_prec
                 )["probs"]
                 dynamics.append(probs.astype(np.float32))
                 dynamics_seconds[0] += time.perf_counter() - t0
@@ -205,14 +211,17 @@ class ClassifierTrainer:
         tmp = folder_tmp(out)
         trainer.save_model(str(tmp))
         model = trainer.model
-        eval_probs = {}
-        for split in ("validation", "test"):
+        eval_probs, val_seconds = {}, 0.0
+        for split in ("validation", "test"):  # the model's own figures: fp32
             if split in dd:
+                t0 = time.perf_counter()
                 probs = forward_batches(
                     model, tok, list(dd[split]["text"]), classifier_step, cfg.eval_batch_size, cfg.max_length
                 )["probs"]
+                val_seconds = val_seconds or time.perf_counter() - t0
                 eval_probs[split] = (np.asarray(dd[split]["label"]), probs)
         metrics, pngs = evaluate_splits(eval_probs, names, tmp, "fine-tuned " + Path(base).name)
+        metrics["precision"] = self._check_precision(model, tok, dd, eval_probs, val_seconds, device, train_bf16)
         info = self._run_info(dd, seconds, len(dynamics))
         info["dynamics_seconds"] = round(dynamics_seconds[0], 2)
         if dynamics:
@@ -255,6 +264,10 @@ class ClassifierTrainer:
         dummy_metrics, _ = evaluate_splits(dummy_probs, names, tmp / "dummy", "most frequent class")
         shutil.rmtree(tmp / "dummy")
         metrics["dummy"] = {s: {k: m[k] for k in ("accuracy", "macro_f1", "weighted_f1")} for s, m in dummy_metrics.items()}
+        device = default_device()
+        used, why = prec.resolve(cfg.precision, device)
+        metrics["precision"] = {"requested": cfg.precision, "used": used, "why": why, "hardware": prec.hardware(device),
+                                "checks": None}
         joblib.dump(head, tmp / FEATURES_HEAD)
         (tmp / FEATURES_META).write_text(
             json.dumps(
@@ -265,6 +278,28 @@ class ClassifierTrainer:
         self._write(tmp, metrics, self._run_info(dd, seconds, 0), names)
         replace_folder(tmp, out)
         return TrainResult(out, metrics, seconds, [out / p.name for p in pngs])
+
+    def _check_precision(self, model, tok, dd, eval_probs, val_seconds, device, train_bf16) -> dict:
+        """Measure bf16 (where native or asked) and int8 (CPU) against fp32 on the validation split,
+        then pick the precision later loads use: ``auto`` falls back to fp32 if bf16 changes more
+        than 0.1% of the top labels; an explicit choice is kept and its figures reported."""
+        cfg = self.cfg
+        record = {"requested": cfg.precision, "training": "bf16" if train_bf16 else "fp32",
+                  "hardware": prec.hardware(device), "min_agreement": prec.MIN_AGREEMENT, "checks": None}
+        if "validation" in eval_probs:
+            candidates = ["bf16"] if prec.native_bf16(device) or cfg.precision == "bf16" else []
+            candidates += ["int8"] if device.type == "cpu" else []
+            texts = list(dd["validation"]["text"])
+
+            def run(p):
+                return forward_batches(model, tok, texts, classifier_step, cfg.eval_batch_size, cfg.max_length,
+                                       precision=p)["probs"]
+
+            labels, ref = eval_probs["validation"]
+            record["checks"] = prec.compare(run, labels, candidates, reference=(ref, val_seconds))
+            record["checked_on"] = f"validation ({len(texts):,} texts)"
+        record["used"], record["why"] = prec.resolve(cfg.precision, device, record["checks"])
+        return record
 
     # --- shared ------------------------------------------------------------------
     def _run_info(self, dd, seconds: float, epochs_recorded: int) -> dict:
@@ -299,10 +334,10 @@ def extract_features(cfg: Config, ds) -> np.ndarray:
     """Frozen-encoder features (N, D) for a split, cached on disk by model, pooling and content."""
     from transformers import AutoModel, AutoTokenizer
 
-    from cleanloop.model.infer import default_device
-
+    device = default_device()
+    precision = prec.resolve(cfg.precision, device)[0]
     key = hashlib.sha1()
-    for part in (cfg.base_model, cfg.pooling, str(cfg.max_length)):
+    for part in (cfg.base_model, cfg.pooling, str(cfg.max_length), precision):
         key.update(part.encode() + b"\0")
     for i, t in zip(ds["id"], ds["text"]):
         key.update(i.encode() + b"\0" + t.encode() + b"\0")
@@ -310,13 +345,14 @@ def extract_features(cfg: Config, ds) -> np.ndarray:
     if cache.exists():
         return np.load(cache)
     name = resolve_model_name(cfg.base_model)
-    model = AutoModel.from_pretrained(name).to(default_device())
+    model = AutoModel.from_pretrained(name).to(device)
     tok = AutoTokenizer.from_pretrained(name)
     from tqdm.auto import tqdm
 
     with tqdm(total=len(ds), desc="embed", unit="ex") as bar:
         feats = forward_batches(
-            model, tok, list(ds["text"]), encoder_step(cfg.pooling), cfg.eval_batch_size, cfg.max_length, bar.update
+            model, tok, list(ds["text"]), encoder_step(cfg.pooling), cfg.eval_batch_size, cfg.max_length, bar.update,
+            precision,
         )["features"]
     save_npy(cache, feats)
     return feats

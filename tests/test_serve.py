@@ -209,7 +209,7 @@ def test_real_server_process(tiny_model, reference, tmp_path):
     marker = "zebra-marker-4711"
     with open(log_file, "wb") as log:
         proc = subprocess.Popen(
-            [str(exe), "serve", "--model", tiny_model, "--port", str(port), "--max-texts", "4"],
+            [str(exe), "serve", "--model", tiny_model, "--port", str(port), "--max-texts", "4", "--precision", "fp32"],
             stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
         )
         try:

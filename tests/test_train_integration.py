@@ -55,11 +55,15 @@ def test_finetune_saves_model_metrics_card_and_dynamics(trained):
     assert list(dyn["ids"][:2]) == ["train-00000", "train-00001"]
     assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in (out / "README.md").read_text()
     assert not (out.parent / "checkpoints").exists()
+    p = metrics["precision"]  # the check on validation: int8 measured on CPU, auto's choice recorded
+    assert p["requested"] == "auto" and p["checked_on"] == "validation (64 texts)"
+    assert set(p["checks"]) >= {"fp32", "int8"} and 0.5 < p["checks"]["int8"]["agreement"] <= 1
+    assert p["used"] == Predictor.load(out, device="cpu").precision
 
 
 def test_reloaded_model_scores_like_the_trained_one(trained):
     cfg, dd, result = trained
-    pred = Predictor.load(result.output_dir)
+    pred = Predictor.load(result.output_dir, precision="fp32")  # metrics.json's figures are fp32
     assert pred.label_names == ["sadness", "joy", "love", "anger", "fear", "surprise"]
     test = dd["test"]
     df = score_frame(pred, test["id"], test["text"], np.asarray(test["label"]))

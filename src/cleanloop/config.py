@@ -27,6 +27,9 @@ DEFAULT_DATASET = "dair-ai/emotion"
 SERVE_MAX_WAIT_MS = 10.0
 SERVE_MAX_BATCH = 8
 
+# Numeric precisions (cleanloop.model.precision): 'auto' picks bf16 where the hardware runs it natively.
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+
 
 @dataclass
 class Config:
@@ -52,6 +55,12 @@ class Config:
         metadata={"help": "'packaged:all-MiniLM-L6-v2' (offline), a Hub name or a local model folder."},
     )
     max_length: int = field(default=64, metadata={"help": "Tokens per text; longer texts are truncated."})
+    precision: str = field(
+        default="auto",
+        metadata={"help": "Numeric precision of training and inference: 'auto' (bf16 where the CPU has "
+                          "avx512_bf16/amx or the GPU bf16, else fp32), 'fp32', 'bf16', or 'int8' (CPU inference "
+                          "only, opt-in: faster, changes a few labels)."},
+    )
     # --- training ---------------------------------------------------------
     method: str = field(default="finetune", metadata={"help": "'finetune' or 'features' (frozen encoder + logreg)."})
     epochs: float = field(default=1.0, metadata={"help": "Training epochs (full quality: 4)."})
@@ -103,6 +112,8 @@ class Config:
             raise CleanloopError(f"argilla_workers must be at least 1, got {self.argilla_workers}")
         if self.dynamics_epochs < 0:
             raise CleanloopError(f"dynamics_epochs must be 0 (all) or more, got {self.dynamics_epochs}")
+        if self.precision not in PRECISIONS:
+            raise CleanloopError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise CleanloopError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         self._check_ranges()

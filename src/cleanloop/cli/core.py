@@ -58,6 +58,7 @@ def data_describe(cfg: Config, plots_dir: str | None) -> None:
 def train(cfg: Config) -> None:
     """Train the classifier (fine-tune, or --method features) and evaluate it on validation and test."""
     from cleanloop.identity import load_workdir_data
+    from cleanloop.model.precision import describe, summary
     from cleanloop.model.train import ClassifierTrainer
 
     dd = load_workdir_data(cfg)
@@ -72,6 +73,11 @@ def train(cfg: Config) -> None:
     for name, m in rows:
         click.echo(f"  {name:<24} accuracy {m['accuracy']:.2%}  macro F1 {m['macro_f1']:.3f}  weighted F1 {m['weighted_f1']:.3f}")
     click.echo(f"  metrics: {result.output_dir / 'metrics.json'}; confusion matrix: {result.output_dir / 'confusion_test.png'}")
+    p = result.metrics.get("precision")
+    if p:
+        if p.get("checks"):
+            click.echo(f"  precision check on {p['checked_on']}: {summary(p['checks'])}")
+        click.echo(f"  {describe(p['used'], p['why'], p.get('checks'))} (training: {p.get('training', 'fp32')})")
 
 
 # --- score -----------------------------------------------------------------------
@@ -91,6 +97,7 @@ def score(cfg: Config, model_path: str | None, splits: tuple[str, ...], output_d
     from tqdm.auto import tqdm
 
     from cleanloop.identity import load_workdir_data
+    from cleanloop.model.precision import checks_of, describe
     from cleanloop.model.predict import Predictor
     from cleanloop.model.score import score_frame, write_parquet_atomic
     from cleanloop.model.train import model_dir
@@ -98,7 +105,8 @@ def score(cfg: Config, model_path: str | None, splits: tuple[str, ...], output_d
     folder = Path(model_path) if model_path else model_dir(cfg)
     if not folder.exists():
         raise CleanloopError(f"no model at {folder}; fix: run 'cleanloop train' first or pass --model")
-    predictor = Predictor.load(folder, max_length=cfg.max_length)
+    predictor = Predictor.load(folder, max_length=cfg.max_length, precision=cfg.precision)
+    click.echo(describe(predictor.precision, predictor.precision_reason, checks_of(folder)), err=True)
     dd = load_workdir_data(cfg)
     if predictor.label_names != dd["train"].features["label"].names:
         raise CleanloopError(

@@ -111,7 +111,7 @@ def flag(cfg: Config, with_map: bool, output_dir: str | None) -> None:
             from cleanloop.model.predict import Predictor
             from cleanloop.model.train import model_dir
 
-            pred = Predictor.load(model_dir(cfg.replace(method="finetune")), max_length=cfg.max_length)
+            pred = Predictor.load(model_dir(cfg.replace(method="finetune")), max_length=cfg.max_length, precision=cfg.precision)
             with tqdm(total=len(train), desc="embed for the map", unit="ex") as bar:
                 embeddings = pred.predict_arrays(train["text"], cfg.eval_batch_size, bar.update)["embeddings"]
         order = {i: n for n, i in enumerate(train["id"])}

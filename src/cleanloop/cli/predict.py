@@ -76,13 +76,16 @@ def predictions_frame(texts: list[str], probs, label_names: list[str]):
 
 
 def _load_predictor(cfg: Config, model_path: str | None):
+    from cleanloop.model.precision import checks_of, describe
     from cleanloop.model.predict import Predictor
     from cleanloop.model.train import model_dir
 
     folder = Path(model_path) if model_path else model_dir(cfg)
     if not folder.exists():
         raise CleanloopError(f"no model at {folder}; fix: run 'cleanloop train' first or pass --model DIR")
-    return folder, Predictor.load(folder, max_length=cfg.max_length)
+    predictor = Predictor.load(folder, max_length=cfg.max_length, precision=cfg.precision)
+    click.echo(describe(predictor.precision, predictor.precision_reason, checks_of(folder)), err=True)
+    return folder, predictor
 
 
 def _table(texts: list[str], preds, top_k: int | None) -> None:
