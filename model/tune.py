@@ -134,7 +134,15 @@ def _setup(cfg: Config, space: SearchSpace) -> dict:
     return {**{k: getattr(cfg, k) for k in keep}, "space": {k: list(v) for k, v in asdict(space).items()}}
 
 
-def _pruning_callback(trial):
+def median_pruner():
+    """Stop a trial whose validation macro F1 at an epoch end is below the median of the completed
+    trials at that epoch, once 2 trials have completed (from the first epoch end on)."""
+    import optuna
+
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+
+
+def pruning_callback(trial):
     """A TrainerCallback that reports each epoch's validation macro F1 to ``trial`` and stops a poor one."""
     import optuna
     from transformers import TrainerCallback
@@ -196,7 +204,7 @@ def tune(
     setup = _setup(cfg, space)
     study = optuna.create_study(
         study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        pruner=median_pruner(),
     )
     if "setup" in study.user_attrs and study.user_attrs["setup"] != setup:
         diff = sorted(k for k in setup if study.user_attrs["setup"].get(k) != setup[k])
@@ -222,7 +230,7 @@ def tune(
         run = folder / f"trial-{trial.number}"
         tcfg = cfg.replace(**settings, record_dynamics=False, workdir=str(run))
         try:
-            res = ClassifierTrainer(tcfg, callbacks=[_pruning_callback(trial)]).train(search, run / "model")
+            res = ClassifierTrainer(tcfg, callbacks=[pruning_callback(trial)]).train(search, run / "model")
         finally:
             shutil.rmtree(run, ignore_errors=True)
         trial.set_user_attr("validation_accuracy", res.metrics["validation"]["accuracy"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -18,7 +19,7 @@ from cleanloop.errors import CleanloopError
 from cleanloop.model.data import bundled_emotion_dir, load_data
 from cleanloop.model.metrics import classification_metrics
 from cleanloop.model.predict import EnsemblePredictor, Predictor
-from cleanloop.model.tune import SearchSpace, top_settings, tune
+from cleanloop.model.tune import SearchSpace, median_pruner, pruning_callback, top_settings, tune
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "emotion"
 
@@ -35,9 +36,9 @@ def tiny_emotion(tmp_path_factory):
 
 def test_tune_writes_a_resumable_study_a_trainable_config_and_a_report(tiny_emotion, tmp_path):
     runner = CliRunner()
-    data = ["--dataset", str(tiny_emotion), "--workdir", str(tmp_path), "--eval-batch-size", "64"]
-    res = runner.invoke(app, ["tune", *data, "--trials", "2", "--min-epochs", "1", "--max-epochs", "2",
-                              "--batch-size", "16", "--learning-rate", "2e-4"])
+    data = ["--dataset", str(tiny_emotion), "--workdir", str(tmp_path), "--eval-batch-size", "64", "--max-length", "32"]
+    res = runner.invoke(app, ["tune", *data, "--trials", "2", "--min-epochs", "1", "--max-epochs", "1",
+                              "--batch-size", "32", "--learning-rate", "2e-4"])
     assert res.exit_code == 0, res.output
     assert "trial 0 [1/2]" in res.output and "trial 1 [2/2]" in res.output
     folder = tmp_path / "tune"
@@ -54,17 +55,17 @@ def test_tune_writes_a_resumable_study_a_trainable_config_and_a_report(tiny_emot
 
     # the best config keeps the data settings and trains as it is
     best = load_config(folder / "best.toml")
-    assert best.dataset == str(tiny_emotion) and best.eval_batch_size == 64
-    assert best.epochs in (1.0, 2.0) and 2e-5 <= best.learning_rate <= 3e-4 and best.batch_size in (16, 32, 64)
+    assert best.dataset == str(tiny_emotion) and best.eval_batch_size == 64 and best.max_length == 32
+    assert best.epochs == 1.0 and 2e-5 <= best.learning_rate <= 3e-4 and best.batch_size in (16, 32, 64)
     res = runner.invoke(app, ["train", "--config", str(folder / "best.toml"), "--no-record-dynamics"])
     assert res.exit_code == 0, res.output
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
     assert metrics["run"]["config"]["learning_rate"] == best.learning_rate and "test" in metrics
 
     # a second run resumes the study: one more trial to reach 3
-    cfg = Config(dataset=str(tiny_emotion), workdir=str(tmp_path), eval_batch_size=64, batch_size=16,
-                 learning_rate=2e-4)
-    space = SearchSpace(epochs=(1, 2))
+    cfg = Config(dataset=str(tiny_emotion), workdir=str(tmp_path), eval_batch_size=64, batch_size=32,
+                 learning_rate=2e-4, max_length=32)
+    space = SearchSpace(epochs=(1, 1))
     dd = load_data(cfg)
     again = tune(cfg, dd, trials=3, space=space)
     assert again.trials_this_run == 1 and again.trials_complete + again.trials_pruned == 3
@@ -80,7 +81,7 @@ def test_tune_writes_a_resumable_study_a_trainable_config_and_a_report(tiny_emot
 
 def test_ensemble_folder_loads_as_one_model_with_averaged_probabilities(tiny_emotion, tmp_path):
     runner = CliRunner()
-    data = ["--dataset", str(tiny_emotion), "--workdir", str(tmp_path)]
+    data = ["--dataset", str(tiny_emotion), "--workdir", str(tmp_path), "--max-length", "32"]
     res = runner.invoke(app, ["train", *data, "--ensemble", "2", "--epochs", "1", "--batch-size", "16",
                               "--learning-rate", "3e-4"])
     assert res.exit_code == 0, res.output
@@ -95,6 +96,7 @@ def test_ensemble_folder_loads_as_one_model_with_averaged_probabilities(tiny_emo
 
     pred = Predictor.load(folder)
     assert isinstance(pred, EnsemblePredictor) and pred.label_names[0] == "sadness"
+    assert pred.max_length == 32
     dd = load_data(Config(dataset=str(tiny_emotion)))
     texts = list(dd["test"]["text"])
     seen = []
@@ -112,3 +114,20 @@ def test_ensemble_folder_loads_as_one_model_with_averaged_probabilities(tiny_emo
     res = runner.invoke(app, ["flag", *data, "--no-map", "--max-review", "5"])
     assert res.exit_code == 0, res.output
     assert "training dynamics" in res.output and "(2 epoch records)" in res.output
+
+
+def test_pruning_callback_stops_a_trial_below_the_median_of_earlier_ones():
+    import optuna
+
+    study = optuna.create_study(direction="maximize", pruner=median_pruner())
+    for value in (0.80, 0.90):  # two completed trials: epoch 1 at 0.80 and 0.90
+        t = study.ask()
+        t.report(value, 1)
+        study.tell(t, value)
+    epoch_end = SimpleNamespace(epoch=1.0)
+    good = study.ask()
+    pruning_callback(good).on_evaluate(None, epoch_end, None, metrics={"eval_macro_f1": 0.88})
+    assert good.storage.get_trial(good._trial_id).intermediate_values == {1: 0.88}
+    poor = study.ask()
+    with pytest.raises(optuna.TrialPruned, match="epoch 1"):
+        pruning_callback(poor).on_evaluate(None, epoch_end, None, metrics={"eval_macro_f1": 0.5})
