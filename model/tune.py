@@ -213,9 +213,8 @@ def tune(
             "fix: pass --study-name NEW for a new search, or the same settings to resume it"
         )
     TS = optuna.trial.TrialState
-    for t in study.get_trials(deepcopy=False, states=(TS.RUNNING, TS.WAITING)):
-        if t.state == TS.RUNNING:  # a run that was killed: that trial will never finish
-            study._storage.set_trial_state_values(t._trial_id, TS.FAIL)
+    for t in study.get_trials(deepcopy=False, states=(TS.RUNNING,)):
+        study.tell(t.number, state=TS.FAIL)  # left by a run that was killed: it will never finish
     if not study.trials:
         study.set_user_attr("setup", setup)
         study.enqueue_trial(space.clip({k: getattr(cfg, k) for k in TUNED}), user_attrs={"baseline": True})

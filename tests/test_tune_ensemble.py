@@ -5,33 +5,24 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
 from cleanloop.cli import app
 from cleanloop.config import Config, load_config
 from cleanloop.errors import CleanloopError
-from cleanloop.model.data import bundled_emotion_dir, load_data
+from cleanloop.model.data import load_data
 from cleanloop.model.metrics import classification_metrics
 from cleanloop.model.predict import EnsemblePredictor, Predictor
 from cleanloop.model.tune import SearchSpace, median_pruner, pruning_callback, top_settings, tune
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "emotion"
-
-
 @pytest.fixture(scope="module")
-def tiny_emotion(tmp_path_factory):
+def tiny_emotion(make_emotion_slice):
     """train 48 / validation 24 / test 24 rows of the emotion data, as parquet files."""
-    src = SHARED if SHARED.exists() else bundled_emotion_dir()
-    folder = tmp_path_factory.mktemp("emotion-tiny")
-    for split, n in (("train", 48), ("validation", 24), ("test", 24)):
-        pq.write_table(pq.read_table(src / f"{split}.parquet").slice(0, n), folder / f"{split}.parquet")
-    return folder
+    return make_emotion_slice(train=48, validation=24, test=24)
 
 
 def test_tune_writes_a_resumable_study_a_trainable_config_and_a_report(tiny_emotion, tmp_path):
