@@ -7,11 +7,13 @@ test split is only touched after the search, by the final trainings. The tuned s
 ensemble's first member (same settings, seed 42), so the final step costs N trainings; then, if the
 budget allows, today's recipe is trained once more on the same device for its test figures.
 
-    # on a GPU (about 7 minutes: search 4 min, then 3 trainings; `--budget` caps the total)
-    python bench/tune.py --device cuda --trials 40 --timeout 240 --ensemble 3 --budget 420
-    # CPU smoke test (minutes): a few trials on a few hundred examples, 1 epoch
-    python bench/tune.py --device cpu --trials 3 --min-epochs 1 --max-epochs 1 --max-train-samples 300 \\
-        --final-train-samples 300 --ensemble 2 --name tune_cpu_smoke
+    # on a GPU (about 7 minutes: search 3 min plus the trial that runs at the timeout, then up to
+    # 3 trainings and the recipe; `--budget` lowers the ensemble size and skips the recipe when short)
+    python bench/tune.py --device cuda --trials 40 --timeout 180 --ensemble 3 --budget 400
+    # CPU smoke test: a few trials on a few hundred examples, 1 epoch (about 30 min on 2 busy cores)
+    python bench/tune.py --device cpu --trials 3 --timeout 2400 --min-epochs 1 --max-epochs 1 \\
+        --max-train-samples 200 --final-train-samples 200 --max-eval-samples 400 --ensemble 2 --skip-recipe \\
+        --name tune_cpu_smoke
 
 Writes bench/results/<name>.json (default tune.json), also after the search alone and when the
 timeout or budget cuts the search, and prints progress as it goes.
@@ -31,12 +33,14 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     ap.add_argument("--trials", type=int, default=40, help="most trials in the search (today's recipe is the first)")
-    ap.add_argument("--timeout", type=float, default=240, help="seconds for the search")
+    ap.add_argument("--timeout", type=float, default=180, help="seconds for the search (the running trial ends first)")
     ap.add_argument("--budget", type=float, default=0,
                     help="seconds for search + final trainings; fewer ensemble members when short (0: no cap)")
     ap.add_argument("--ensemble", type=int, default=3, help="members of the final ensemble (seeds 42, 43, ...)")
     ap.add_argument("--max-train-samples", type=int, default=0, help="stratified train sample for the search (0: all)")
     ap.add_argument("--final-train-samples", type=int, default=0, help="the same for the final trainings (0: all)")
+    ap.add_argument("--max-eval-samples", type=int, default=0,
+                    help="first N of validation and of test (0: all; a smaller figure is only for smoke tests)")
     ap.add_argument("--min-epochs", type=int, default=2)
     ap.add_argument("--max-epochs", type=int, default=6)
     ap.add_argument("--eval-batch-size", type=int, default=0, help="0: 256 on a GPU, 64 on CPU")
@@ -84,7 +88,14 @@ def main() -> int:
     cfg = Config(dataset=str(bundled_emotion_dir()), workdir=str(work), record_dynamics=False,
                  eval_batch_size=args.eval_batch_size or (256 if gpu else 64),
                  max_train_samples=args.max_train_samples, **recipe)
-    dd = load_data(cfg)
+    def load(c: Config):
+        d = load_data(c)
+        for split in ("validation", "test"):
+            if args.max_eval_samples and len(d[split]) > args.max_eval_samples:
+                d[split] = d[split].select(range(args.max_eval_samples))
+        return d
+
+    dd = load(cfg)
     say(f"search data: train {len(dd['train']):,}, validation {len(dd['validation']):,} (test not used)")
     out: dict = {
         "goal": {"test_accuracy": 0.94, "test_macro_f1": 0.90},
@@ -142,12 +153,12 @@ def main() -> int:
     n = args.ensemble
     per_model = float(best_trial.user_attrs.get("train_seconds", 0)) * 1.15 + 15  # + loading, testing, saving
     if args.final_train_samples != args.max_train_samples:
-        per_model *= len(load_data(final)["train"]) / len(dd["train"])
+        per_model *= len(load(final)["train"]) / len(dd["train"])
     if args.budget:
         left = args.budget - (time.perf_counter() - t_start)
         n = max(1, min(n, int(left // per_model)))
         say(f"budget: {left:.0f} s left, ~{per_model:.0f} s per training -> ensemble of {n}")
-    dd_final = load_data(final)
+    dd_final = load(final)
     t0 = time.perf_counter()
     ens = train_ensemble(seed_members(final, n), dd_final, Path(work) / "ensemble", progress=say)
     final_s = time.perf_counter() - t0
