@@ -132,6 +132,7 @@ def main() -> int:
     out["search"] = {
         "best_validation_macro_f1": res.best_value,
         "recipe_validation_macro_f1": res.baseline_value,
+        "recipe_trial_params": study.trials[0].params,  # trial 0: the recipe moved into the search space
         "gain_over_recipe": None if res.baseline_value is None else res.best_value - res.baseline_value,
         "best_trial": res.best_trial,
         "best_settings": res.best_settings,
