@@ -22,6 +22,7 @@ from cleanloop.model.precision import checks_of, prepare, resolve
 
 FEATURES_HEAD = "logreg.joblib"
 FEATURES_META = "features.json"
+ENSEMBLE_META = "ensemble.json"  # in an ensemble folder: {"members": [sub-folder names]}
 
 
 @dataclass
@@ -38,7 +39,8 @@ class Prediction:
 
 class Predictor:
     """A text classifier loaded from a folder: a fine-tuned cleanloop model, a
-    ``--method features`` run (frozen encoder + logistic regression), or any Hub /
+    ``--method features`` run (frozen encoder + logistic regression), an ensemble
+    (``cleanloop train --ensemble N``, see :class:`EnsemblePredictor`), or any Hub /
     local sequence-classification model with ``id2label``.
 
     >>> p = Predictor.load("runs/emotion/model")
@@ -67,6 +69,9 @@ class Predictor:
         from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
         folder = Path(path)
+        if (folder / ENSEMBLE_META).exists():
+            members = json.loads((folder / ENSEMBLE_META).read_text())["members"]
+            return EnsemblePredictor([cls.load(folder / m, device, max_length) for m in members])
         dev = torch.device(device) if device is not None else default_device()
         prec = resolve(precision, dev, checks_of(folder))
         if (folder / FEATURES_HEAD).exists():
@@ -127,3 +132,42 @@ class Predictor:
                 Prediction(self.label_names[top], float(row[top]), dict(zip(self.label_names, map(float, row))))
             )
         return out
+
+
+class EnsemblePredictor(Predictor):
+    """Several predictors over the same labels, used as one: the mean of their probabilities.
+
+    ``embeddings`` are the first member's, so they keep the single model's dimension.
+    ``Predictor.load`` returns one for a folder written by ``cleanloop train --ensemble N``.
+    """
+
+    def __init__(self, members: Sequence[Predictor]):
+        first = members[0]
+        for m in members[1:]:
+            if m.label_names != first.label_names:
+                raise CleanloopError(
+                    f"ensemble members predict different labels ({first.label_names} vs {m.label_names}); "
+                    "fix: build the ensemble from models trained on the same data"
+                )
+        super().__init__(first.model, first.tokenizer, first.label_names, first.max_length, first.head, first.pooling)
+        self.members = list(members)
+
+    def predict_arrays(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Like :meth:`Predictor.predict_arrays`; ``probs`` is the members' mean (rows still sum to one)."""
+        n, done = len(self.members), [0, 0]  # texts done over all members, texts reported
+
+        def member_progress(k: int) -> None:  # report each text once, after all members saw it
+            done[0] += k
+            if progress is not None and done[0] // n > done[1]:
+                progress(done[0] // n - done[1])
+                done[1] = done[0] // n
+
+        outs = [m.predict_arrays(texts, batch_size, member_progress) for m in self.members]
+        if not outs[0]:
+            return outs[0]
+        return {"probs": np.mean([o["probs"] for o in outs], axis=0), "embeddings": outs[0]["embeddings"]}

@@ -53,6 +53,7 @@ class TrainResult:
     train_seconds: float
     artifacts: list[Path] = field(default_factory=list)
     main_process: bool = True  # False on the other ranks of an `accelerate launch` run, which save nothing
+    probs: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (N, C) probabilities of the saved model
 
 
 def model_dir(cfg: Config) -> Path:
@@ -77,8 +78,9 @@ class ClassifierTrainer:
     >>> result.metrics["test"]["accuracy"]
     """
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, callbacks: tuple = ()):
         self.cfg = cfg
+        self.callbacks = list(callbacks)  # extra transformers TrainerCallbacks (e.g. tuning's pruning)
 
     def train(self, dd, output_dir: Path | None = None) -> TrainResult:
         out = Path(output_dir) if output_dir is not None else model_dir(self.cfg)
@@ -200,7 +202,7 @@ class ClassifierTrainer:
             data_collator=DataCollatorWithPadding(tok),
             compute_metrics=compute_metrics if has_val else None,
             compute_loss_func=loss_func,
-            callbacks=[DynamicsCallback()] if cfg.record_dynamics else [],
+            callbacks=([DynamicsCallback()] if cfg.record_dynamics else []) + self.callbacks,
         )
         start = time.perf_counter()
         trainer.train()
@@ -234,7 +236,9 @@ class ClassifierTrainer:
         self._write(tmp, metrics, info, names)
         shutil.rmtree(cfg.workpath / "checkpoints", ignore_errors=True)
         replace_folder(tmp, out)
-        return TrainResult(out, metrics, seconds, [out / p.name for p in pngs])
+        return TrainResult(
+            out, metrics, seconds, [out / p.name for p in pngs], probs={s: p for s, (_, p) in eval_probs.items()}
+        )
 
     # --- frozen features + logistic regression -----------------------------------
     def _train_features(self, dd, out: Path) -> TrainResult:

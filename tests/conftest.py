@@ -14,6 +14,26 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="session")
+def make_emotion_slice(tmp_path_factory):
+    """``make(train=N, validation=N, test=N)``: a folder with the first N rows of each emotion split as parquet."""
+    import pyarrow.parquet as pq
+
+    from cleanloop.model.data import bundled_emotion_dir
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "emotion"
+    src = shared if shared.exists() else bundled_emotion_dir()
+
+    def make(**sizes: int) -> Path:
+        folder = tmp_path_factory.mktemp("emotion")
+        for split, n in sizes.items():
+            # pyarrow keeps the schema's Hugging Face metadata (the ClassLabel names)
+            pq.write_table(pq.read_table(src / f"{split}.parquet").slice(0, n), folder / f"{split}.parquet")
+        return folder
+
+    return make
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

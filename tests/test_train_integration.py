@@ -7,29 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
 from cleanloop.cli import app
 from cleanloop.config import Config
-from cleanloop.model.data import bundled_emotion_dir, load_data
+from cleanloop.model.data import load_data
 from cleanloop.model.predict import Predictor
 from cleanloop.model.score import score_frame
 from cleanloop.model.train import ClassifierTrainer, class_weights
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "emotion"
-
 
 @pytest.fixture(scope="module")
-def emotion_slice(tmp_path_factory):
+def emotion_slice(make_emotion_slice):
     """train 192 / validation 64 / test 64 rows of the emotion data, as parquet files."""
-    src = SHARED if SHARED.exists() else bundled_emotion_dir()
-    folder = tmp_path_factory.mktemp("emotion")
-    for split, n in (("train", 192), ("validation", 64), ("test", 64)):
-        # pyarrow keeps the schema's Hugging Face metadata (the ClassLabel names)
-        pq.write_table(pq.read_table(src / f"{split}.parquet").slice(0, n), folder / f"{split}.parquet")
-    return folder
+    return make_emotion_slice(train=192, validation=64, test=64)
 
 
 @pytest.fixture(scope="module")

@@ -54,30 +54,83 @@ def data_describe(cfg: Config, plots_dir: str | None) -> None:
 
 @app.command()
 @config_options
+@click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train N fine-tuned models (seeds SEED, SEED+1, ... or, with --from-study, the study's N best "
+                   "settings) saved as one model folder that averages their probabilities.")
+@click.option("--from-study", is_flag=True, default=False,
+              help="Take the settings from the best trial(s) of the 'cleanloop tune' study in WORKDIR/tune.")
+@click.option("--study-name", default="cleanloop", show_default=True, help="Study to read with --from-study.")
 @writes_workdir
-def train(cfg: Config) -> None:
+def train(cfg: Config, ensemble: int, from_study: bool, study_name: str) -> None:
     """Train the classifier (fine-tune, or --method features) and evaluate it on validation and test."""
     from cleanloop.identity import load_workdir_data
+    from cleanloop.model.ensemble import seed_members, train_ensemble
     from cleanloop.model.precision import describe, summary
     from cleanloop.model.train import ClassifierTrainer
+    from cleanloop.model.tune import top_settings
 
+    members = seed_members(cfg, ensemble)
+    if from_study:
+        members = [cfg.replace(**s) for s in top_settings(cfg, ensemble, study_name)]
     dd = load_workdir_data(cfg)
     sizes = ", ".join(f"{s} {len(d):,}" for s, d in dd.items())
     log.info("data: %s (%s); method %s; base model %s", cfg.dataset, sizes, cfg.method, cfg.base_model)
-    result = ClassifierTrainer(cfg).train(dd)
+    if len(members) > 1:
+        result = train_ensemble(members, dd, progress=log.info)
+    else:
+        result = ClassifierTrainer(members[0]).train(dd)
     if not result.main_process:
         return  # another rank of `accelerate launch`: the main process reports
     click.echo(f"\nmodel saved to {result.output_dir} (trained in {result.train_seconds:.0f} s)")
     rows = [("dummy (most frequent)", m) for m in [result.metrics.get("dummy", {}).get("test")] if m]
-    rows += [(f"{cfg.method} {s}", result.metrics[s]) for s in ("validation", "test") if s in result.metrics]
+    rows += [(f"{m['folder']} (seed {m['seed']}) test", m["test"]) for m in result.metrics.get("members", [])
+             if "test" in m]
+    what = f"ensemble of {len(members)}" if len(members) > 1 else cfg.method
+    rows += [(f"{what} {s}", result.metrics[s]) for s in ("validation", "test") if s in result.metrics]
     for name, m in rows:
-        click.echo(f"  {name:<24} accuracy {m['accuracy']:.2%}  macro F1 {m['macro_f1']:.3f}  weighted F1 {m['weighted_f1']:.3f}")
+        wf1 = f"  weighted F1 {m['weighted_f1']:.3f}" if "weighted_f1" in m else ""
+        click.echo(f"  {name:<28} accuracy {m['accuracy']:.2%}  macro F1 {m['macro_f1']:.3f}{wf1}")
     click.echo(f"  metrics: {result.output_dir / 'metrics.json'}; confusion matrix: {result.output_dir / 'confusion_test.png'}")
     p = result.metrics.get("precision")
     if p:
         if p.get("checks"):
             click.echo(f"  precision check on {p['checked_on']}: {summary(p['checks'])}")
         click.echo(f"  {describe(p['used'], p['why'], p.get('checks'))} (training: {p.get('training', 'fp32')})")
+
+
+@app.command("tune")
+@config_options
+@click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Finished (complete or pruned) trials the study should hold; a resumed study runs the missing ones.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=None,
+              help="Seconds for this run's search (the running trial finishes first). Default: no limit.")
+@click.option("--study-name", default="cleanloop", show_default=True,
+              help="Study in WORKDIR/tune/study.db; running again with the same name resumes it.")
+@click.option("--min-epochs", type=click.IntRange(min=1), default=2, show_default=True, help="Fewest epochs tried.")
+@click.option("--max-epochs", type=click.IntRange(min=1), default=6, show_default=True, help="Most epochs tried.")
+@writes_workdir
+def tune_cmd(cfg: Config, trials: int, timeout: float | None, study_name: str, min_epochs: int, max_epochs: int) -> None:
+    """Search learning rate, epochs, warm-up, weight decay, label smoothing, batch size and class weights
+    with Optuna for the best VALIDATION macro F1; writes WORKDIR/tune/best.toml and a report.
+
+    The first trial of a new study is the configuration as given. --max-train-samples makes a quick search."""
+    from cleanloop.identity import load_workdir_data
+    from cleanloop.model.tune import SearchSpace, tune
+
+    space = SearchSpace(epochs=(min_epochs, max_epochs))
+    dd = load_workdir_data(cfg)
+    log.info("tuning on %s: train %s, validation %s examples; %d trials%s", cfg.dataset, f"{len(dd['train']):,}",
+             f"{len(dd['validation']):,}" if "validation" in dd else "no", trials,
+             f", timeout {timeout:.0f} s" if timeout else "")
+    result = tune(cfg, dd, trials=trials, timeout=timeout, study_name=study_name, space=space, progress=click.echo)
+    click.echo(f"\nbest validation macro F1 {result.best_value:.4f} (trial {result.best_trial}); "
+               + (f"configuration as given: {result.baseline_value:.4f}" if result.baseline_value is not None else ""))
+    click.echo(f"trials: {result.trials_complete} complete, {result.trials_pruned} pruned, "
+               f"{result.trials_failed} failed ({result.trials_this_run} this run, {result.seconds:.0f} s on {result.device})")
+    for k, v in result.best_settings.items():
+        click.echo(f"  {k:<16} {v:.4g}" if isinstance(v, float) else f"  {k:<16} {v}")
+    click.echo(f"best config: {result.config_path} (cleanloop train --config {result.config_path})")
+    click.echo(f"report: {result.report_path}; study: {result.storage}")
 
 
 # --- score -----------------------------------------------------------------------
