@@ -52,6 +52,8 @@ def app(verbose: bool) -> None:
     )
     for noisy in ("httpx", "urllib3", "datasets", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # the Argilla SDK logs every field and metadata property it creates at INFO: only with --verbose
+    logging.getLogger("argilla").setLevel(logging.DEBUG if verbose else logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
