@@ -132,7 +132,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reuse", action="store_true",
                     help="re-score the dynamics of an earlier training run of a setting instead of training again")
-    ap.add_argument("--seeds", default="42", help="small settings: training seeds whose dynamics are averaged")
+    ap.add_argument("--seeds", default="42",
+                    help="small settings: training seeds whose dynamics are averaged ('none': frozen features only)")
     ap.add_argument("--small-size", type=int, default=3000, help="small settings: stratified train subset size")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                     help="cpu hides the GPU; auto uses one when there is one")
@@ -154,7 +155,7 @@ def main() -> None:
         update_results("noise", {"duplicates": duplicate_conflicts(base)})
     small = [s for s in args.settings.split(",") if s.startswith("small-")]
     if small:
-        run_small(base, small, [int(x) for x in args.seeds.split(",")], args)
+        run_small(base, small, [int(x) for x in args.seeds.split(",") if x and x != "none"], args)
     full = [s for s in args.settings.split(",") if not s.startswith("small-") and s]
     if not full:
         return
@@ -271,24 +272,46 @@ def run_small(base: Config, settings: list[str], seeds: list[int], args) -> None
     dd = load_data(sub)
     names = dd["train"].features["label"].names
     clean = np.asarray(dd["train"]["label"])
-    feats = extract_features(base, dd["train"])
+    full = load_data(base)["train"]  # the subset's rows of the full split's (cached) features
+    row = {i: n for n, i in enumerate(full["id"])}
+    feats = extract_features(base, full)[[row[i] for i in dd["train"]["id"]]]
     frozen = nb.nearest_neighbours(feats, 10)
-    confusion = None
-    if any("model-confusion" in s for s in settings):
+    confusion, confusion_source = None, None
+    if seeds and any("model-confusion" in s for s in settings):
         cfg = base.replace(workdir=f"{args.workdir}/small-clean", seed=seeds[0])
         out = Path(cfg.workdir) / "model"
         metrics = json.loads((out / "metrics.json").read_text()) if args.reuse and (out / "metrics.json").exists() \
             else ClassifierTrainer(cfg).train(dd).metrics
         confusion = np.asarray(metrics["validation"]["confusion_matrix"])
+        confusion_source = "validation confusion of a model fine-tuned on the clean subset"
+    elif any("model-confusion" in s for s in settings):  # no training: the frozen-feature model's held-out confusion
+        from sklearn.metrics import confusion_matrix
+
+        confusion = confusion_matrix(clean, oof_logreg(feats, clean, len(names), args.folds, args.seed).argmax(1))
+        confusion_source = "out-of-fold confusion of frozen features + logistic regression on the clean subset"
     for setting in settings:
         noisy = inject_noise(clean, names, setting, args.seed, confusion)
         is_error = noisy != clean
         noisy_dd = datasets.DatasetDict({**dd, "train": _with_labels(dd["train"], noisy)})
         res: dict = {"examples": len(noisy), "injected": int(is_error.sum())}
+        if "model-confusion" in setting:
+            res["confusion_source"] = confusion_source
         t0 = time.perf_counter()
+        frozen_agree = nb.neighbour_agreement(noisy, frozen)
+        feat_probs = oof_logreg(feats, noisy, len(names), args.folds, args.seed)
+        feat_susp = signal_table(noisy, feat_probs)["suspicion"].to_numpy()
         res["features"] = {k: v for k, v in evaluate_path(
-            noisy, oof_logreg(feats, noisy, len(names), args.folds, args.seed), is_error,
-            time.perf_counter() - t0).items() if k == "suspicion"}
+            noisy, feat_probs, is_error, time.perf_counter() - t0,
+            extra={"neighbours_frozen": 1 - frozen_agree,
+                   "suspicion_and_neighbours_frozen": (2 * feat_susp + 1 - frozen_agree) / 3}).items()
+            if k in ("suspicion", "self_confidence", "neighbours_frozen", "suspicion_and_neighbours_frozen")}
+        f = res["features"]
+        print(f"{setting:<28} features: suspicion AP {f['suspicion']['ap']:.3f} (flagged precision "
+              f"{f['suspicion']['flag_precision']:.3f}, recall {f['suspicion']['flag_recall']:.3f}); neighbours "
+              f"{f['neighbours_frozen']['ap']:.3f}; mixed {f['suspicion_and_neighbours_frozen']['ap']:.3f}")
+        if not seeds:
+            update_results("noise", {"settings": {setting: res}, "injected": {setting: int(is_error.sum())}})
+            continue
         runs, epoch_probs = [], []
         for seed in seeds:
             cfg = base.replace(workdir=f"{args.workdir}/{setting}-seed{seed}", seed=seed)
@@ -305,7 +328,7 @@ def run_small(base: Config, settings: list[str], seeds: list[int], args) -> None
         plain = runs[0]["train_seconds"] - runs[0]["dynamics_seconds"]
         pred = Predictor.load(Path(f"{args.workdir}/{setting}-seed{seeds[0]}") / "model", max_length=base.max_length)
         tuned = nb.nearest_neighbours(pred.predict_arrays(list(dd["train"]["text"]), base.eval_batch_size)["embeddings"], 10)
-        agree = {"frozen": nb.neighbour_agreement(noisy, frozen), "finetuned": nb.neighbour_agreement(noisy, tuned)}
+        agree = {"frozen": frozen_agree, "finetuned": nb.neighbour_agreement(noisy, tuned)}
         for k in range(1, len(seeds) + 1):
             probs = signals.dynamics_probs(np.concatenate(epoch_probs[:k]))
             susp = signal_table(noisy, probs)["suspicion"].to_numpy()
