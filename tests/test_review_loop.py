@@ -72,7 +72,8 @@ def loop_config(tmp_path: Path, argilla_server, name: str) -> tuple[Config, dict
     flipped = make_data(tmp_path / "data")
     cfg = Config(dataset=str(tmp_path / "data"), id_column="id", label_names=NAMES, workdir=str(tmp_path / "work"),
                  method="features", folds=3, max_review=20, seed=0, argilla_url=argilla_server.url,
-                 argilla_workspace="cleanloop", argilla_dataset=name)
+                 argilla_workspace="cleanloop", argilla_dataset=name,
+                 review_wave=0)  # the simulated annotator answers all at once (waves: test_review_order_browser.py)
     return cfg, flipped
 
 
