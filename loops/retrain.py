@@ -332,7 +332,8 @@ def wait_for_reviews(client, cfg: Config, ids: list[str], min_reviewed: int, tim
 
     display(done, target) is called after every poll. wake: a ``threading.Event`` set by
     webhooks (:class:`argilla_io.ReviewWaker`): a set event ends the pause between polls early.
-    feed(done): called after every poll (:meth:`WavePusher.feed`: push the next records).
+    feed(done): called after every poll (:meth:`WavePusher.feed`: push the next records); with it,
+    polls come at least every second.
     Returns how many were answered.
     """
     from cleanloop.labeling import argilla_io as aio
@@ -353,7 +354,8 @@ def wait_for_reviews(client, cfg: Config, ids: list[str], min_reviewed: int, tim
         if time.monotonic() - start >= timeout:
             log.info("review timeout (%.0f s): going on with %d of %d answered", timeout, done, target)
             return done
-        pause = min(poll, max(0.0, timeout - (time.monotonic() - start)))
+        # feeding waves: the next record must be there soon after the annotator submits
+        pause = min(poll if feed is None else min(poll, 1.0), max(0.0, timeout - (time.monotonic() - start)))
         if wake is not None:
             wake.wait(pause)
             wake.clear()
