@@ -333,9 +333,11 @@ def wait_for_reviews(client, cfg: Config, ids: list[str], min_reviewed: int, tim
     display(done, target) is called after every poll. wake: a ``threading.Event`` set by
     webhooks (:class:`argilla_io.ReviewWaker`): a set event ends the pause between polls early.
     feed(done): called after every poll (:meth:`WavePusher.feed`: push the next records); with it,
-    polls come at least every second.
-    Returns how many were answered.
+    polls come at least every second. A poll that fails is tried again; three failures in a row
+    raise :class:`CleanloopError`. Returns how many were answered.
     """
+    import httpx
+
     from cleanloop.labeling import argilla_io as aio
 
     if not ids:
@@ -343,10 +345,21 @@ def wait_for_reviews(client, cfg: Config, ids: list[str], min_reviewed: int, tim
     target = min(min_reviewed or len(ids), len(ids))
     dataset = aio.get_dataset(client, cfg)
     start = time.monotonic()
+    failures = 0
     while True:
-        done, _ = aio.progress(client, dataset, ids)
-        if feed:
-            feed(done)
+        try:
+            done, _ = aio.progress(client, dataset, ids)
+            if feed:
+                feed(done)
+            failures = 0
+        except (CleanloopError, httpx.TransportError) as exc:  # a blip between polls: ask again
+            failures += 1
+            if failures >= 3:
+                raise CleanloopError(f"lost Argilla at {cfg.argilla_url} while waiting for reviews ({exc}); fix: "
+                                     "check the server ('cleanloop argilla status') and run the command again") from None
+            log.warning("Argilla did not answer (%s); asking again", str(exc)[:160])
+            time.sleep(min(poll, 1.0))
+            continue
         if display:
             display(done, target)
         if done >= target:
@@ -419,7 +432,7 @@ def run_rounds(state: LoopState, state_file: Path, rounds: int, steps: Sequence[
             res.setdefault("step_seconds", {})[step] = round(time.perf_counter() - t0, 2)
             state.done.append(step)
             state.save(state_file)
-            log.info("%s round %s: %s done", name, rnd, step)
+            log.debug("%s round %s: %s done", name, rnd, step)  # on_step prints the summary
             if on_step:
                 on_step(rnd, step, res)
         state.round, state.done = rnd + 1, []

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import threading
 
+import datasets
 import pandas as pd
 import pytest
 from test_argilla_browser import _browser
 
 from cleanloop.labeling import argilla_io as aio
-from cleanloop.loops.retrain import wait_for_reviews, wave_pusher
+from cleanloop.labeling.journal import Journal
+from cleanloop.loops.retrain import pull_step, wait_for_reviews, wave_pusher
 
 NAMES = ["joy", "sadness", "anger"]
 QUEUE = [  # id, text, given, suggested, copies (id, label, text)
@@ -84,6 +86,15 @@ def test_annotator_sees_the_queue_most_suspicious_first(argilla_server, tmp_path
     assert {(r.example_id, r.label) for r in responses} == {
         ("train-00007", "sadness"), ("train-00003", "anger"), ("train-00005", "joy")}
     assert next(r for r in responses if r.example_id == "train-00003").copies == ("train-00011",)
+    ids = sorted({q[0] for q in QUEUE} | {c[0] for q in QUEUE for c in q[4]})
+    given = {q[0]: q[2] for q in QUEUE} | {c[0]: c[1] for q in QUEUE for c in q[4]}
+    original = datasets.Dataset.from_dict(
+        {"id": ids, "text": ids, "label": [NAMES.index(given[i]) for i in ids]},
+        features=datasets.Features({"id": datasets.Value("string"), "text": datasets.Value("string"),
+                                    "label": datasets.ClassLabel(names=NAMES)}))
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        pull_step(client, cfg, journal, original, 1)
+        assert journal.reviewed_ids() == {"train-00007", "train-00003", "train-00011", "train-00005"}
 
 
 @pytest.mark.parametrize("wave", [0, 2])
