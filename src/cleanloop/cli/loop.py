@@ -70,13 +70,13 @@ def push(cfg: Config, home: str | None, rnd: int | None, queue_path: str | None,
     skip = reviewed_ids(cfg)
     bar = _bar(non_interactive, len(queue) - len(skip & set(queue["id"])), "push")
     pusher = wave_pusher(client, cfg, queue, emb, train.features["label"].names, rnd, skip, wave=cfg.review_wave,
-                         progress=bar.update if bar else None)
+                         progress=bar.update if bar is not None else None)
     ids = pusher.ids if pusher else []
     where = f"{cfg.argilla_url} dataset {cfg.argilla_workspace}/{cfg.argilla_dataset} (round {rnd}; " \
             f"{len(queue) - len(ids):,} already reviewed, skipped)"
     if pusher is not None and cfg.review_wave > 0:
         pusher.feed(0)
-        if bar:
+        if bar is not None:
             bar.close()
         click.echo(f"{len(ids):,} records to review at {where}; {cfg.review_wave} pending at a time, most suspicious "
                    "first: keep this running while annotators work (Ctrl-C stops; push again goes on)")
@@ -90,7 +90,7 @@ def push(cfg: Config, home: str | None, rnd: int | None, queue_path: str | None,
         return
     if pusher is not None:
         pusher.feed(0)
-    if bar:
+    if bar is not None:
         bar.close()
     click.echo(f"pushed {len(ids):,} records to {where}")
 
@@ -122,8 +122,8 @@ def pull(cfg: Config, home: str | None, rnd: int | None, non_interactive: bool) 
     client = aio.connect(cfg, home)
     bar = _bar(non_interactive, None, "pull")
     with Journal(journal_path(cfg)) as journal:
-        result = pull_step(client, cfg, journal, original["train"], rnd, progress=bar.update if bar else None)
-        if bar:
+        result = pull_step(client, cfg, journal, original["train"], rnd, progress=bar.update if bar is not None else None)
+        if bar is not None:
             bar.close()
         path = write_version(original, journal, versions_root(cfg), rnd)
         stats = round_stats(journal, rnd)
