@@ -111,27 +111,12 @@ def example_checks(cfg, train_ds, features: np.ndarray | None = None) -> tuple[p
 
 def _merge_groups(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Group ids (N,) of the union of two groupings (-1: no group), renumbered 0, 1, ..."""
-    n = len(a)
-    parent = np.arange(n)
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for g in (a, b):
+    def links(g: np.ndarray):
         first: dict[int, int] = {}
         for i in np.flatnonzero(g >= 0):
-            j = first.setdefault(int(g[i]), int(i))
-            ra, rb = root(i), root(j)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-    roots = np.array([root(i) for i in range(n)])
-    member = np.bincount(roots, minlength=n)[roots] > 1
-    out = np.full(n, -1, dtype=np.int64)
-    _, out[member] = np.unique(roots[member], return_inverse=True)
-    return out
+            yield i, first.setdefault(int(g[i]), int(i))
+
+    return nb.connected_groups(len(a), [*links(a), *links(b)])
 
 
 def scores_table(

@@ -84,7 +84,20 @@ def near_duplicate_groups(neighbours: tuple[np.ndarray, np.ndarray], threshold: 
     idx, sim = neighbours
     dist = 1.0 - sim.astype(np.float64)
     radius = threshold * float(np.median(dist[:, 0]))
-    parent = np.arange(len(idx))
+    rows, cols = np.nonzero(dist <= max(radius, 1e-6))
+    return connected_groups(len(idx), zip(rows, idx[rows, cols]))
+
+
+def connected_groups(n: int, pairs) -> np.ndarray:
+    """Group id (n,) of each of n items under the links ``pairs`` (i, j); -1 for an item with no link.
+
+    Groups are the connected components with more than one member, numbered 0, 1, ... by their
+    smallest member.
+
+    >>> connected_groups(5, [(0, 3), (3, 4)]).tolist()
+    [0, -1, -1, 0, 0]
+    """
+    parent = np.arange(n)
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -92,15 +105,14 @@ def near_duplicate_groups(neighbours: tuple[np.ndarray, np.ndarray], threshold: 
             i = parent[i]
         return i
 
-    for i, j in zip(*np.nonzero(dist <= max(radius, 1e-6))):
-        a, b = root(i), root(idx[i, j])
+    for i, j in pairs:
+        a, b = root(int(i)), root(int(j))
         if a != b:
             parent[max(a, b)] = min(a, b)
-    roots = np.array([root(i) for i in range(len(idx))])
-    sizes = np.bincount(roots, minlength=len(idx))
-    out = np.full(len(idx), -1, dtype=np.int64)
-    keep = sizes[roots] > 1
-    _, out[keep] = np.unique(roots[keep], return_inverse=True)
+    roots = np.array([root(i) for i in range(n)], dtype=np.int64)
+    out = np.full(n, -1, dtype=np.int64)
+    member = np.bincount(roots, minlength=n)[roots] > 1
+    _, out[member] = np.unique(roots[member], return_inverse=True)
     return out
 
 
