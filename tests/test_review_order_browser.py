@@ -13,7 +13,7 @@ import threading
 import datasets
 import pandas as pd
 import pytest
-from test_argilla_browser import _browser
+from test_argilla_browser import _browser, sign_in
 
 from cleanloop.labeling import argilla_io as aio
 from cleanloop.labeling.journal import Journal
@@ -42,7 +42,6 @@ def review_queue() -> pd.DataFrame:
 def test_annotator_sees_the_queue_most_suspicious_first(argilla_server, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     cfg = argilla_server.cfg.replace(argilla_dataset="review-order", review_wave=1)
     client = argilla_server.client()
@@ -57,13 +56,7 @@ def test_annotator_sees_the_queue_most_suspicious_first(argilla_server, tmp_path
     browser = _browser(tmp_path / "chromium-profile")
     seen = []
     try:
-        wait = WebDriverWait(browser, 60)
-        browser.get(f"{argilla_server.url}/sign-in")
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[type=password]")))
-        browser.find_element(By.CSS_SELECTOR, "input[type=text]").send_keys(argilla_server.annotator)
-        browser.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys(argilla_server.annotator_password)
-        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        wait.until(lambda b: "/sign-in" not in b.current_url)
+        wait = sign_in(browser, argilla_server)
         browser.get(f"{argilla_server.url}/dataset/{dataset.id}/annotation-mode")
         for rank, (_, text, given, suggested, copies) in enumerate(QUEUE[:3], start=1):
             shown = wait.until(lambda b: next((q for q in QUEUE if q[1] in b.find_element(By.TAG_NAME, "body").text),
