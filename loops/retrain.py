@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from cleanloop.config import Config
-from cleanloop.errors import CleanloopError
+from cleanloop.errors import CleanloopError, WeakModelError
 from cleanloop.labeling.journal import Journal, Vote
 
 log = logging.getLogger("cleanloop.loop")
@@ -490,7 +490,12 @@ def run_loop(cfg: Config, opts: LoopOptions, *, client=None, home: str | Path | 
             if step == "train":
                 res.update(train_step(rcfg, train_dd))
             elif step == "flag":
-                fr = flag_step(rcfg, train_dd["train"], max_review, journal.reviewed_ids())
+                try:
+                    fr = flag_step(rcfg, train_dd["train"], max_review, journal.reviewed_ids())
+                except WeakModelError:  # run again with more epochs or data: that round's training again
+                    state.done.remove("train")
+                    state.save(state_file)
+                    raise
                 res.update(flagged=int(fr.scores["is_issue"].sum()), queued=len(fr.queue))
             elif step == "push":
                 pusher = round_pusher(rnd, set(journal.reviewed_ids()))

@@ -80,17 +80,21 @@ def test_majority_baseline_and_guard():
     assert baseline_guard({"accuracy": 0.42, "macro_f1": 0.2}, base, min_gain=0.0) is None
 
 
+def random_labels(folder):
+    """Labels that have nothing to do with the texts: a model can only guess the majority class."""
+    rng = np.random.default_rng(0)
+    words = ["cat", "river", "blue", "engine", "quiet", "paper", "storm", "lamp", "green", "song"]
+    for split, n in (("train", 60), ("validation", 20), ("test", 20)):
+        texts = [" ".join(rng.choice(words, size=5)) + f" {split} {i}" for i in range(n)]
+        labels = rng.choice(["joy", "sadness", "anger"], size=n, p=[0.7, 0.15, 0.15])
+        pd.DataFrame({"text": texts, "label": labels}).to_parquet(folder / f"{split}.parquet")
+
+
 def test_flag_stops_when_the_model_is_no_better_than_the_majority_class(tmp_path):
-    """Labels that have nothing to do with the texts: the out-of-fold model can only guess the majority."""
     import cleanloop.cli  # noqa: F401  (registers the commands)
     from cleanloop.cli.options import app
 
-    rng = np.random.default_rng(0)
-    words = ["cat", "river", "blue", "engine", "quiet", "paper", "storm", "lamp", "green", "song"]
-    for split, n in (("train", 60), ("validation", 20)):
-        texts = [" ".join(rng.choice(words, size=5)) + f" {split} {i}" for i in range(n)]
-        labels = rng.choice(["joy", "sadness", "anger"], size=n, p=[0.7, 0.15, 0.15])
-        pd.DataFrame({"text": texts, "label": labels}).to_parquet(tmp_path / f"{split}.parquet")
+    random_labels(tmp_path)
     args = ["flag", "--dataset", str(tmp_path), "--workdir", str(tmp_path / "work"), "--method", "features",
             "--flag-source", "oof", "--folds", "3", "--no-map"]
     res = CliRunner().invoke(app, args)
@@ -109,3 +113,17 @@ def test_nearest_neighbours_handles_tiny_inputs(n):
     idx, sim = nb.nearest_neighbours(X, k=5)
     assert idx.shape == (n + 1, n) and np.allclose(sim, 0)
 
+
+
+def test_retrain_loop_stops_before_review_and_retrains_when_run_again(tmp_path):
+    from cleanloop.config import Config
+    from cleanloop.errors import WeakModelError
+    from cleanloop.loops.retrain import LoopOptions, LoopState, loop_root, run_loop
+
+    random_labels(tmp_path)
+    cfg = Config(dataset=str(tmp_path), workdir=str(tmp_path / "work"), method="features", folds=3,
+                 argilla_url="http://127.0.0.1:9")  # never reached: the loop stops before the push
+    with pytest.raises(WeakModelError, match="not clearly better than always predicting the majority class"):
+        run_loop(cfg, LoopOptions(rounds=1, interactive=False))
+    state = LoopState.load(loop_root(cfg) / "state.json")
+    assert state.round == 1 and state.done == []  # run again (more epochs, more data): it trains again

@@ -3,3 +3,7 @@
 
 class CleanloopError(Exception):
     """An error the user can act on; the CLI prints its message on one line, with no traceback."""
+
+
+class WeakModelError(CleanloopError):
+    """The model behind the flags is not clearly better than predicting the majority class."""

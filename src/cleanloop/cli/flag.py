@@ -11,7 +11,7 @@ import numpy as np
 
 from cleanloop.cli.options import app, config_options
 from cleanloop.config import Config
-from cleanloop.errors import CleanloopError
+from cleanloop.errors import CleanloopError, WeakModelError
 
 log = logging.getLogger("cleanloop")
 
@@ -81,7 +81,7 @@ def check_model(cfg: Config, confusion: np.ndarray, train_labels: np.ndarray, wh
     why = baseline_guard(metrics, majority_baseline(confusion, int(np.bincount(train_labels).argmax())),
                          cfg.min_gain_over_baseline)
     if why:
-        raise CleanloopError(
+        raise WeakModelError(
             f"the model behind the flags is not clearly better than always predicting the majority class on {where}: "
             f"{why}, so its flags would be noise; fix: train longer (--epochs 3 or more), label more data, "
             "or use --flag-source oof --method features (--min-gain-over-baseline 0 skips this check)"
