@@ -229,7 +229,8 @@ def retrain_loop(cfg: Config, home, rounds, min_reviewed, review_timeout, poll_s
         msg = {"train": lambda: f"trained on {res.get('train_examples')} examples: test accuracy "
                                 f"{res.get('test_accuracy', float('nan')):.2%}, macro F1 {res.get('test_macro_f1', float('nan')):.3f}",
                "flag": lambda: f"flagged {res.get('flagged')}, queued {res.get('queued')}",
-               "push": lambda: f"pushed {res.get('pushed')} records to {cfg.argilla_url}",
+               "push": lambda: f"{res.get('pushed')} records to review at {cfg.argilla_url}"
+                               + (f", {cfg.review_wave} pending at a time, most suspicious first" if cfg.review_wave else ""),
                "wait": lambda: f"{res.get('answered')} answered",
                "pull": lambda: f"{res.get('reviewed')} reviewed, {res.get('changed')} changed, {res.get('removed')} removed",
                "apply": lambda: f"data version {res.get('version')}",
