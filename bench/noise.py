@@ -13,6 +13,18 @@ fear<->surprise, anger<->sadness). Paths:
     python bench/noise.py                                   # features on all, dynamics on class-conditional-10
     python bench/noise.py --dynamics-settings none          # features only (~3 min)
 
+Small data (``small-*`` settings): a stratified 3,000-example subset of emotion train with 10%
+class-conditional, uniform or "model-confusion" noise (each flipped label drawn from the validation
+confusion matrix of a model fine-tuned on the clean subset: the errors that look most like real
+ones). Each runs one fine-tune per seed (``--seeds``) and scores the dynamics of the first 1, 2, ...
+seeds averaged, next to neighbour-label signals on frozen and fine-tuned embeddings:
+
+    python bench/noise.py --settings small-class-conditional-10 --seeds 42 --device cpu
+    python bench/noise.py --settings small-class-conditional-10,small-uniform-10,small-model-confusion-10 \
+        --seeds 42,1,2 --device cuda --duplicates          # the full small set (GPU)
+
+``--duplicates``: the conflicting duplicated texts of the full train split, and how many the checks flag.
+
 Writes bench/results/noise.json and prints a summary table.
 """
 
@@ -34,16 +46,29 @@ from cleanloop.loops.oof import oof_finetune, oof_logreg
 from cleanloop.model.data import load_data
 from cleanloop.model.train import ClassifierTrainer, extract_features
 
-SETTINGS = {"uniform-05": 0.05, "uniform-10": 0.10, "uniform-20": 0.20, "class-conditional-10": 0.10}
+SETTINGS = {"uniform-05": 0.05, "uniform-10": 0.10, "uniform-20": 0.20, "class-conditional-10": 0.10,
+            "small-class-conditional-10": 0.10, "small-uniform-10": 0.10, "small-model-confusion-10": 0.10}
+FULL_SETTINGS = ("uniform-05", "uniform-10", "uniform-20", "class-conditional-10")
 # names -> partner, both directions: the classes people really confuse
 PAIRS = {"joy": "love", "love": "joy", "fear": "surprise", "surprise": "fear", "anger": "sadness", "sadness": "anger"}
 
 
-def inject_noise(labels: np.ndarray, names: list[str], setting: str, seed: int) -> np.ndarray:
-    """Noisy copy of ``labels``: uniform (to any other class) or class-conditional (to the partner class)."""
+def inject_noise(labels: np.ndarray, names: list[str], setting: str, seed: int,
+                 confusion: np.ndarray | None = None) -> np.ndarray:
+    """Noisy copy of ``labels``: uniform (to any other class), class-conditional (to the partner class)
+    or model-confusion (to a class drawn from row ``confusion[true]`` without its diagonal)."""
     rng = np.random.default_rng(seed)
     rate = SETTINGS[setting]
+    setting = setting.removeprefix("small-")
     noisy = labels.copy()
+    if setting.startswith("model-confusion"):
+        off = np.asarray(confusion, dtype=np.float64) + 1e-9
+        np.fill_diagonal(off, 0)
+        for c in range(len(names)):
+            idx = np.flatnonzero(labels == c)
+            flip = rng.choice(idx, size=int(round(rate * len(idx))), replace=False)
+            noisy[flip] = rng.choice(len(names), size=len(flip), p=off[c] / off[c].sum())
+        return noisy
     if setting.startswith("uniform"):
         flip = rng.choice(len(labels), size=int(round(rate * len(labels))), replace=False)
         shift = rng.integers(1, len(names), size=len(flip))
@@ -107,9 +132,33 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reuse", action="store_true",
                     help="re-score the dynamics of an earlier training run of a setting instead of training again")
+    ap.add_argument("--seeds", default="42",
+                    help="small settings: training seeds whose dynamics are averaged ('none': frozen features only)")
+    ap.add_argument("--small-size", type=int, default=3000, help="small settings: stratified train subset size")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="cpu hides the GPU; auto uses one when there is one")
+    ap.add_argument("--duplicates", action="store_true",
+                    help="count the conflicting duplicated texts of the full train split the checks flag")
     args = ap.parse_args()
+    if args.device == "cpu":
+        import os
+
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    elif args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda but torch sees no GPU")
 
     base = Config(workdir=args.workdir, epochs=args.epochs, learning_rate=args.learning_rate)
+    if args.duplicates:
+        update_results("noise", {"duplicates": duplicate_conflicts(base)})
+    small = [s for s in args.settings.split(",") if s.startswith("small-")]
+    if small:
+        run_small(base, small, [int(x) for x in args.seeds.split(",") if x and x != "none"], args)
+    full = [s for s in args.settings.split(",") if not s.startswith("small-") and s]
+    if not full:
+        return
     dd = load_data(base)
     names = dd["train"].features["label"].names
     clean = np.asarray(dd["train"]["label"])
@@ -118,7 +167,7 @@ def main() -> None:
     embed_seconds = time.perf_counter() - t0
     print(f"features of {len(feats):,} tweets in {embed_seconds:.1f} s")
     results: dict = {}
-    for setting in args.settings.split(","):
+    for setting in full:
         noisy = inject_noise(clean, names, setting, args.seed)
         is_error = noisy != clean
         res: dict = {}
@@ -179,6 +228,122 @@ def main() -> None:
             print(f"{setting:<22}{method:<10} suspicion AP {s['ap']:.3f} P@k {s['precision_at_k']:.3f} "
                   f"flagged {s['flagged']} (precision {s['flag_precision']:.3f}, recall {s['flag_recall']:.3f}) "
                   f"{s['seconds']:.0f}s")
+
+
+def duplicate_conflicts(base: Config) -> dict:
+    """The full train split's duplicated texts with conflicting labels, and how many the checks flag."""
+    from cleanloop.loops.flag import check_table
+    from cleanloop.loops.neighbours import exact_duplicate_groups
+
+    train = load_data(base)["train"]
+    texts, labels = list(train["text"]), np.asarray(train["label"])
+    t0 = time.perf_counter()
+    feats = extract_features(base, train)
+    checks = check_table(texts, labels, feats, base.near_duplicate_threshold)
+    seconds = time.perf_counter() - t0
+    exact = exact_duplicate_groups(texts)
+    groups = {g: labels[exact == g] for g in np.unique(exact[exact >= 0])}
+    conflicting = [g for g, ls in groups.items() if len(set(ls)) > 1]
+    flagged = checks["duplicate"] | checks["near_duplicate"]
+    near = checks.loc[checks["near_duplicate"], "duplicate_group"].nunique()
+    out = {
+        "duplicated_texts": len(groups), "conflicting_duplicated_texts": len(conflicting),
+        "duplicate_conflicts_flagged": int(sum(flagged[exact == g].any() for g in conflicting)),
+        "near_duplicate_conflict_groups": int(near), "near_duplicate_conflict_examples": int(checks["near_duplicate"].sum()),
+        "outliers": int(checks["outlier"].sum()), "checks_seconds_with_embedding": round(seconds, 1),
+        "near_duplicate_threshold": base.near_duplicate_threshold,
+        "near_duplicate_examples": [
+            sorted(zip(checks.index[checks["duplicate_group"] == g].map(lambda i: texts[i]),
+                       [train.features["label"].names[x] for x in labels[checks["duplicate_group"] == g]]))
+            for g in checks.loc[checks["near_duplicate"], "duplicate_group"].unique()[:5]
+        ],
+    }
+    print(f"duplicates: {out['duplicate_conflicts_flagged']} of {out['conflicting_duplicated_texts']} conflicting "
+          f"duplicated texts flagged; {near} near-duplicate conflict groups; {out['outliers']} outliers")
+    return out
+
+
+def run_small(base: Config, settings: list[str], seeds: list[int], args) -> None:
+    """The small-data settings: dynamics of one run per seed, averaged over 1, 2, ... seeds, and neighbour signals."""
+    from cleanloop.loops import neighbours as nb
+    from cleanloop.model.predict import Predictor
+
+    sub = base.replace(max_train_samples=args.small_size, seed=0)
+    dd = load_data(sub)
+    names = dd["train"].features["label"].names
+    clean = np.asarray(dd["train"]["label"])
+    full = load_data(base)["train"]  # the subset's rows of the full split's (cached) features
+    row = {i: n for n, i in enumerate(full["id"])}
+    feats = extract_features(base, full)[[row[i] for i in dd["train"]["id"]]]
+    frozen = nb.nearest_neighbours(feats, 10)
+    confusion, confusion_source = None, None
+    if seeds and any("model-confusion" in s for s in settings):
+        cfg = base.replace(workdir=f"{args.workdir}/small-clean", seed=seeds[0])
+        out = Path(cfg.workdir) / "model"
+        metrics = json.loads((out / "metrics.json").read_text()) if args.reuse and (out / "metrics.json").exists() \
+            else ClassifierTrainer(cfg).train(dd).metrics
+        confusion = np.asarray(metrics["validation"]["confusion_matrix"])
+        confusion_source = "validation confusion of a model fine-tuned on the clean subset"
+    elif any("model-confusion" in s for s in settings):  # no training: the frozen-feature model's held-out confusion
+        from sklearn.metrics import confusion_matrix
+
+        confusion = confusion_matrix(clean, oof_logreg(feats, clean, len(names), args.folds, args.seed).argmax(1))
+        confusion_source = "out-of-fold confusion of frozen features + logistic regression on the clean subset"
+    for setting in settings:
+        noisy = inject_noise(clean, names, setting, args.seed, confusion)
+        is_error = noisy != clean
+        noisy_dd = datasets.DatasetDict({**dd, "train": _with_labels(dd["train"], noisy)})
+        res: dict = {"examples": len(noisy), "injected": int(is_error.sum())}
+        if "model-confusion" in setting:
+            res["confusion_source"] = confusion_source
+        t0 = time.perf_counter()
+        frozen_agree = nb.neighbour_agreement(noisy, frozen)
+        feat_probs = oof_logreg(feats, noisy, len(names), args.folds, args.seed)
+        feat_susp = signal_table(noisy, feat_probs)["suspicion"].to_numpy()
+        res["features"] = {k: v for k, v in evaluate_path(
+            noisy, feat_probs, is_error, time.perf_counter() - t0,
+            extra={"neighbours_frozen": 1 - frozen_agree,
+                   "suspicion_and_neighbours_frozen": (2 * feat_susp + 1 - frozen_agree) / 3}).items()
+            if k in ("suspicion", "self_confidence", "neighbours_frozen", "suspicion_and_neighbours_frozen")}
+        f = res["features"]
+        print(f"{setting:<28} features: suspicion AP {f['suspicion']['ap']:.3f} (flagged precision "
+              f"{f['suspicion']['flag_precision']:.3f}, recall {f['suspicion']['flag_recall']:.3f}); neighbours "
+              f"{f['neighbours_frozen']['ap']:.3f}; mixed {f['suspicion_and_neighbours_frozen']['ap']:.3f}")
+        if not seeds:
+            update_results("noise", {"settings": {setting: res}, "injected": {setting: int(is_error.sum())}})
+            continue
+        runs, epoch_probs = [], []
+        for seed in seeds:
+            cfg = base.replace(workdir=f"{args.workdir}/{setting}-seed{seed}", seed=seed)
+            out = Path(cfg.workdir) / "model"
+            if not (args.reuse and (out / "dynamics.npz").exists()):
+                ClassifierTrainer(cfg).train(noisy_dd)
+            metrics = json.loads((out / "metrics.json").read_text())
+            runs.append({"seed": seed, "train_seconds": metrics["run"]["train_seconds"],
+                         "dynamics_seconds": metrics["run"]["dynamics_seconds"],
+                         "val_accuracy": metrics["validation"]["accuracy"], "test_accuracy": metrics["test"]["accuracy"],
+                         "test_macro_f1": metrics["test"]["macro_f1"]})
+            epoch_probs.append(np.load(out / "dynamics.npz")["probs"].astype(np.float64))
+        res["runs"] = runs
+        plain = runs[0]["train_seconds"] - runs[0]["dynamics_seconds"]
+        pred = Predictor.load(Path(f"{args.workdir}/{setting}-seed{seeds[0]}") / "model", max_length=base.max_length)
+        tuned = nb.nearest_neighbours(pred.predict_arrays(list(dd["train"]["text"]), base.eval_batch_size)["embeddings"], 10)
+        agree = {"frozen": frozen_agree, "finetuned": nb.neighbour_agreement(noisy, tuned)}
+        for k in range(1, len(seeds) + 1):
+            probs = signals.dynamics_probs(np.concatenate(epoch_probs[:k]))
+            susp = signal_table(noisy, probs)["suspicion"].to_numpy()
+            extra = {f"neighbours_{n}": 1 - a for n, a in agree.items()}
+            extra |= {f"suspicion_and_neighbours_{n}": (2 * susp + 1 - a) / 3 for n, a in agree.items()}
+            cost = sum(r["train_seconds"] for r in runs[:k]) / plain
+            res[f"dynamics_{k}_seeds"] = evaluate_path(noisy, probs, is_error, sum(r["dynamics_seconds"] for r in runs[:k]),
+                                                       extra=extra)
+            res[f"dynamics_{k}_seeds"]["cost_vs_one_plain_training"] = round(cost, 3)
+            s = res[f"dynamics_{k}_seeds"]["suspicion"]
+            print(f"{setting:<28} {k} seed(s): suspicion AP {s['ap']:.3f}, flagged precision {s['flag_precision']:.3f} "
+                  f"recall {s['flag_recall']:.3f}; neighbours (fine-tuned) AP "
+                  f"{res[f'dynamics_{k}_seeds']['neighbours_finetuned']['ap']:.3f}; mixed "
+                  f"{res[f'dynamics_{k}_seeds']['suspicion_and_neighbours_finetuned']['ap']:.3f}; cost {cost:.2f}x")
+        update_results("noise", {"settings": {setting: res}, "injected": {setting: int(is_error.sum())}})
 
 
 def _with_labels(ds, labels: np.ndarray):

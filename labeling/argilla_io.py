@@ -15,13 +15,15 @@ Discarding a record means "no label fits"; the journal turns that into a removal
 >>> r = to_argilla_record(rec)
 >>> r.id, r.fields["text"], r.metadata["given_label"], r.suggestions["label"].value
 ('train-00042', 'i feel sad', 'joy', 'sadness')
+>>> r.fields["given"]
+'**Label in the data: joy**'
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,12 +57,13 @@ log = logging.getLogger("cleanloop.argilla")
 QUESTION = "label"
 VECTOR = "embedding"
 FINGERPRINT = "fingerprint"
+GIVEN = "given"  # the markdown field next to the text: the label in the data, and the text's other copies
 GUIDELINES = """\
 # Check the label of each text
 
 Each record is a text from the training data whose label a model doubts.
-The **given label** (metadata `given_label`) is the label the data has now; the model's
-**suggestion** is pre-selected with its confidence.
+The **label in the data** is shown under the text; the model's **suggestion** is pre-selected
+with its confidence. Records come most doubtful first.
 
 * Pick the label that describes the emotion the author expresses, then **Submit**, whether it is
   the given label, the suggestion or another one.
@@ -68,6 +71,8 @@ The **given label** (metadata `given_label`) is the label the data has now; the 
   is removed from the training data. Do not discard to skip a record: leave it for later instead.
 * Judge the text alone, not the suggestion; `label_quality` and `loss` only say why it was flagged
   (low quality / high loss = the model disagrees more with the given label).
+* When the record lists **other copies** of the text with other labels, your answer is applied to
+  every copy: pick the one label that fits them all.
 * Use *Find similar* (the `embedding` vector) to compare with similar texts.
 """
 
@@ -95,6 +100,8 @@ class ReviewRecord:
     flagged_by: tuple[str, ...] = ()
     vector: tuple[float, ...] | None = None
     fingerprint: str | None = None  # the example's content fingerprint (cleanloop.identity), stored as metadata
+    copies: tuple[tuple[str, str, str], ...] = ()  # other copies of the text: (id, given label, text)
+    queue_rank: int | None = None  # 1 = reviewed first
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,7 @@ class Response:
     suggestion: Suggestion | None = None
     round: int | None = None
     fingerprint: str | None = None  # of the example the record was pushed for (None: pushed before fingerprints)
+    copies: tuple[str, ...] = ()  # ids of the other copies of the text: the answer settles them too
 
 
 # --- the mapping (pure) ---------------------------------------------------------------------------
@@ -128,7 +136,8 @@ def dataset_settings(label_names: Sequence[str], vector_dim: int | None = None, 
         raise CleanloopError(f"a review dataset needs at least two label names, got {names!r}")
     return rg.Settings(
         guidelines=guidelines,
-        fields=[rg.TextField("text", title="Text", use_markdown=False, **c)],
+        fields=[rg.TextField("text", title="Text", use_markdown=False, **c),
+                rg.TextField(GIVEN, title="In the data", use_markdown=True, required=False, **c)],
         questions=[rg.LabelQuestion(QUESTION, labels=names, title="Which label fits this text?", required=True, **c)],
         metadata=[
             rg.TermsMetadataProperty("given_label", options=names, title="Given label", **c),
@@ -138,6 +147,8 @@ def dataset_settings(label_names: Sequence[str], vector_dim: int | None = None, 
             rg.IntegerMetadataProperty("round", title="Review round", **c),
             rg.TermsMetadataProperty("flagged_by", title="Flagged by", **c),
             _fingerprint_property(client),
+            rg.IntegerMetadataProperty("queue_rank", title="Place in the review queue (1 = first)", **c),
+            rg.TermsMetadataProperty("copies", title="Other copies (ids)", **c),
         ],
         vectors=[rg.VectorField(VECTOR, dimensions=int(vector_dim), title="Embedding", _client=client)]
         if vector_dim else [],
@@ -152,11 +163,32 @@ def _fingerprint_property(client):
                                     client=client)
 
 
+def _md(text: str) -> str:
+    """``text`` with markdown's special characters escaped, on one line."""
+    return "".join("\\" + ch if ch in "\\`*_{}[]<>()#+-.!|~" else ch for ch in " ".join(str(text).split()))
+
+
+def given_markdown(rec: ReviewRecord) -> str | None:
+    """The record's ``given`` field: the label in the data and the text's other copies with theirs."""
+    if rec.given_label is None and not rec.copies:
+        return None
+    lines = [f"**Label in the data: {_md(rec.given_label)}**"] if rec.given_label is not None else []
+    if rec.copies:
+        lines += ["", f"**{len(rec.copies)} other {'copy' if len(rec.copies) == 1 else 'copies'}** of this text in the "
+                      "data; your answer applies to all of them:", ""]
+        lines += [f"- *{_md(label)}*: {_md(text)} ({_md(cid)})" for cid, label, text in rec.copies]
+    return "\n".join(lines)
+
+
 def to_argilla_record(rec: ReviewRecord):
     """An ``argilla.Record`` for a :class:`ReviewRecord` (id = example id)."""
     import argilla as rg
 
     metadata = {"round": int(rec.round)}
+    if rec.queue_rank is not None:
+        metadata["queue_rank"] = int(rec.queue_rank)
+    if rec.copies:
+        metadata["copies"] = [cid for cid, _, _ in rec.copies]
     if rec.given_label is not None:
         metadata["given_label"] = rec.given_label
     if rec.suggestion is not None:
@@ -174,7 +206,11 @@ def to_argilla_record(rec: ReviewRecord):
         suggestions.append(rg.Suggestion(QUESTION, rec.suggestion.label, score=float(rec.suggestion.score),
                                          agent=rec.suggestion.agent))
     vectors = {VECTOR: [float(x) for x in rec.vector]} if rec.vector is not None else {}
-    return rg.Record(id=rec.id, fields={"text": rec.text}, metadata=metadata, suggestions=suggestions, vectors=vectors)
+    fields = {"text": rec.text}
+    given = given_markdown(rec)
+    if given is not None:
+        fields[GIVEN] = given
+    return rg.Record(id=rec.id, fields=fields, metadata=metadata, suggestions=suggestions, vectors=vectors)
 
 
 def responses_from_record(model, usernames: Mapping[str, str]) -> list[Response]:
@@ -201,7 +237,8 @@ def responses_from_record(model, usernames: Mapping[str, str]) -> list[Response]
         if status == "submitted" and label is None:
             continue  # submitted without an answer to our question: nothing to learn
         out.append(Response(str(model.external_id), usernames.get(str(r.user_id), str(r.user_id)), label, status,
-                            meta.get("given_label"), sugg, meta.get("round"), meta.get(FINGERPRINT)))
+                            meta.get("given_label"), sugg, meta.get("round"), meta.get(FINGERPRINT),
+                            tuple(meta.get("copies") or ())))
     return out
 
 
@@ -209,18 +246,25 @@ def records_from_queue(queue, round: int, agent: str, embeddings: np.ndarray | N
                        flagged_by: Sequence[str] = ("cleanlab",)) -> list[ReviewRecord]:
     """:class:`ReviewRecord` s from a review-queue table (``cleanloop flag``'s columns).
 
-    embeddings: (N, D) rows in the queue's order, or None.
+    embeddings: (N, D) rows in the queue's order, or None. A queue with a ``flagged_by`` column
+    (comma-separated reasons) names each row's own reasons, else ``flagged_by`` is used; its
+    ``copy_ids`` / ``copy_labels`` / ``copy_texts`` and ``queue_rank`` columns go on the record.
     """
     if embeddings is not None and len(embeddings) != len(queue):
         raise CleanloopError(f"{len(embeddings)} embeddings for a queue of {len(queue)} rows")
     out = []
     for n, row in enumerate(queue.itertuples(index=False)):
+        reasons = tuple(r for r in str(row.flagged_by).split(",") if r) if hasattr(row, "flagged_by") else ()
+        copies = tuple(zip(map(str, row.copy_ids), map(str, row.copy_labels), map(str, row.copy_texts))) \
+            if hasattr(row, "copy_ids") else ()
         out.append(ReviewRecord(
             id=str(row.id), text=str(row.text), given_label=row.given_label if isinstance(row.given_label, str) else None,
             suggestion=Suggestion(str(row.suggested_label), float(row.suggested_score), agent),
             label_quality=float(row.label_quality), loss=float(row.loss), round=int(round),
-            flagged_by=tuple(flagged_by), vector=tuple(np.asarray(embeddings[n], dtype=float)) if embeddings is not None else None,
+            flagged_by=reasons or tuple(flagged_by),
+            vector=tuple(np.asarray(embeddings[n], dtype=float)) if embeddings is not None else None,
             fingerprint=example_fingerprint("train", str(row.text)),
+            copies=copies, queue_rank=int(row.queue_rank) if hasattr(row, "queue_rank") else None,
         ))
     return out
 
@@ -327,6 +371,11 @@ def ensure_dataset(client, cfg: Config, label_names: Sequence[str], vector_dim: 
         settings = dataset_settings(label_names, vector_dim, client=client, guidelines=guidelines)
         return rg.Dataset(cfg.argilla_dataset, workspace=cfg.argilla_workspace, settings=settings,
                           client=client).create()
+    if dataset.settings.fields[GIVEN] is None:
+        raise CleanloopError(
+            f"Argilla dataset {cfg.argilla_dataset!r} was made by an older cleanloop (no '{GIVEN}' field to show the "
+            "label in the data); fix: pass another --argilla-dataset"
+        )
     have = list(dataset.settings.questions[QUESTION].labels)
     if have != list(label_names):
         raise CleanloopError(
@@ -346,18 +395,20 @@ def ensure_dataset(client, cfg: Config, label_names: Sequence[str], vector_dim: 
     return dataset
 
 
-def push(client, dataset, records: Iterable[ReviewRecord], skip_ids: Iterable[str] = (), threads: int = 2) -> list[str]:
+def push(client, dataset, records: Iterable[ReviewRecord], skip_ids: Iterable[str] = (), threads: int = 2,
+         progress: Callable[[int], None] | None = None) -> list[str]:
     """Upsert records (update by example id); those in ``skip_ids`` (already reviewed) are left out.
 
     Answers already given on a record are kept. Returns the ids pushed. See :func:`log_records`.
     """
     skip = set(skip_ids)
     todo = [r for r in records if r.id not in skip]
-    log_records(client, dataset, [to_argilla_record(r) for r in todo], threads=threads)
+    log_records(client, dataset, [to_argilla_record(r) for r in todo], threads=threads, progress=progress)
     return [r.id for r in todo]
 
 
-def log_records(client, dataset, records: Sequence, threads: int = 2) -> int:
+def log_records(client, dataset, records: Sequence, threads: int = 2,
+                progress: Callable[[int], None] | None = None) -> int:
     """Upsert ``argilla.Record`` objects into ``dataset`` through its bulk endpoint; returns how many.
 
     What ``dataset.records.log`` does (the SDK checks and converts each record; a known id
@@ -374,7 +425,8 @@ def log_records(client, dataset, records: Sequence, threads: int = 2) -> int:
       discard that has no values.
 
     A refused request, or a connection lost on the way, raises :class:`CleanloopError` with the
-    reason; logging again is safe (records update by id).
+    reason; logging again is safe (records update by id). progress(n) is called as each bulk
+    request of n records is answered.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -403,7 +455,10 @@ def log_records(client, dataset, records: Sequence, threads: int = 2) -> int:
                 f"Argilla refused {len(chunk)} records ({chunk[0].external_id} ...) for dataset {dataset.name!r}: "
                 f"HTTP {reply.status_code} {reply.text[:300]}; fix: make the records match the dataset's settings"
             )
-        return len(orjson.loads(reply.content)["items"])
+        sent = len(orjson.loads(reply.content)["items"])
+        if progress:
+            progress(sent)
+        return sent
 
     with ThreadPoolExecutor(max(1, min(threads, len(chunks)))) as pool:
         return sum(pool.map(send, chunks))
@@ -421,12 +476,17 @@ def _record_models(client, dataset, batch: int = 500, with_suggestions: bool = T
         offset += len(page)
 
 
-def pull(client, dataset) -> list[Response]:
-    """Every submitted and discarded answer in the dataset, as :class:`Response` s."""
+def pull(client, dataset, progress: Callable[[int], None] | None = None) -> list[Response]:
+    """Every submitted and discarded answer in the dataset, as :class:`Response` s.
+
+    progress(1) is called per record read.
+    """
     usernames = {str(u.id): u.username for u in client.users}
     out: list[Response] = []
     for model in _record_models(client, dataset):
         out.extend(responses_from_record(model, usernames))
+        if progress:
+            progress(1)
     return out
 
 

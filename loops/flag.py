@@ -12,7 +12,12 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from cleanloop.loops import neighbours as nb
 from cleanloop.loops import signals
+
+# why an example is in the review queue (the ``flagged_by`` column, comma-separated)
+REASONS = ("cleanlab", "duplicate", "near_duplicate", "outlier")
+CONFLICT_PRIORITY = 0.5  # a group of copies with two labels: at least one label is wrong
 
 
 def suspicion_weights(structure: float) -> dict[str, float]:
@@ -58,15 +63,72 @@ def signal_table(
     return table
 
 
+def check_table(texts: list[str], labels: np.ndarray, embeddings: np.ndarray | None = None,
+                near_duplicate_threshold: float = 0.13, k: int = 10) -> pd.DataFrame:
+    """The checks that need no classifier, one row per example (:mod:`cleanloop.loops.neighbours`).
+
+    texts: (N,); labels: (N,) given labels; embeddings: (N, D) sentence embeddings, or None for the
+    exact-duplicate check alone. Columns: ``duplicate_group`` (copies share an id >= 0: exact
+    duplicates after normalising case and whitespace, joined with near-duplicates unless
+    ``near_duplicate_threshold`` is 0), ``duplicate`` / ``near_duplicate`` (in a group of exact /
+    near copies whose labels differ), ``outlier``, ``outlier_score`` and ``neighbour_agreement``
+    (NaN without embeddings).
+    """
+    labels = np.asarray(labels)
+    exact = nb.exact_duplicate_groups(texts)
+    out = pd.DataFrame({"duplicate": nb.conflicting_groups(exact, labels)})
+    groups = exact
+    nan = np.full(len(labels), np.nan)
+    if embeddings is not None and len(labels) > 1:
+        neigh = nb.nearest_neighbours(embeddings, k)
+        if near_duplicate_threshold > 0:
+            groups = _merge_groups(exact, nb.near_duplicate_groups(neigh, near_duplicate_threshold))
+        out["near_duplicate"] = nb.conflicting_groups(groups, labels) & ~out["duplicate"].to_numpy()
+        score = nb.outlier_scores(neigh)
+        out["outlier"], out["outlier_score"] = nb.outliers(score), score
+        out["neighbour_agreement"] = nb.neighbour_agreement(labels, neigh)
+    else:
+        out["near_duplicate"], out["outlier"], out["outlier_score"], out["neighbour_agreement"] = False, False, nan, nan
+    out.insert(0, "duplicate_group", groups)
+    return out
+
+
+def example_checks(cfg, train_ds, features: np.ndarray | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """:func:`check_table` for a train ``Dataset`` (id, text, label) as ``cfg`` asks, and the embeddings used.
+
+    With ``cfg.neighbour_checks`` the embeddings are the frozen encoder's sentence features
+    (``features`` when given, else computed once and cached); without, only exact duplicates.
+    """
+    texts, labels = list(train_ds["text"]), np.asarray(train_ds["label"])
+    if not cfg.neighbour_checks:
+        return check_table(texts, labels), None
+    if features is None:
+        from cleanloop.model.train import extract_features
+
+        features = extract_features(cfg, train_ds)
+    return check_table(texts, labels, features, cfg.near_duplicate_threshold), features
+
+
+def _merge_groups(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Group ids (N,) of the union of two groupings (-1: no group), renumbered 0, 1, ..."""
+    def links(g: np.ndarray):
+        first: dict[int, int] = {}
+        for i in np.flatnonzero(g >= 0):
+            yield i, first.setdefault(int(g[i]), int(i))
+
+    return nb.connected_groups(len(a), [*links(a), *links(b)])
+
+
 def scores_table(
     ids: list[str], texts: list[str], labels: np.ndarray, pred_probs: np.ndarray, label_names: list[str],
-    table: pd.DataFrame,
+    table: pd.DataFrame, checks: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The ``scores.parquet`` table: one row per example, rank 1 = most suspicious.
 
     Columns: id, text, given_label, suggested_label, suggested_score,
-    label_quality (normalized margin), loss, is_issue, suspicion, rank, and
-    the other signals.
+    label_quality (normalized margin), loss, is_issue, suspicion, rank, the other signals,
+    ``flagged_by`` (why it goes to review, comma-separated :data:`REASONS`; empty: not flagged)
+    and :func:`check_table`'s columns (``checks``; default: the exact-duplicate check on ``texts``).
     """
     probs = np.asarray(pred_probs)
     top = probs.argmax(1)
@@ -86,14 +148,85 @@ def scores_table(
     df["rank"] = df["suspicion"].rank(ascending=False, method="first").astype(np.int64)
     for col in ("self_confidence", "confidence_weighted_entropy", "noise_aware"):
         df[col] = table[col].to_numpy(np.float32)
+    checks = check_table(list(texts), labels) if checks is None else checks.reset_index(drop=True)
+    for col in checks.columns:
+        df[col] = checks[col].to_numpy()
+    flags = {"cleanlab": df["is_issue"], **{r: df[r] for r in REASONS[1:]}}
+    df["flagged_by"] = [",".join(r for r, f in zip(flags, row) if f) for row in zip(*(f.to_numpy() for f in flags.values()))]
     return df.sort_values("rank").reset_index(drop=True)
 
 
 def review_queue(scores: pd.DataFrame, max_review: int, reviewed_ids: Iterable[str] = ()) -> pd.DataFrame:
-    """Flagged examples (``is_issue``) not yet reviewed by a human, by rank, at most ``max_review``."""
+    """Flagged examples not yet reviewed by a human, most suspicious first, at most ``max_review``.
+
+    Flagged: a non-empty ``flagged_by`` (``is_issue`` for a table without it). Copies with
+    conflicting labels (``duplicate`` / ``near_duplicate``) are reviewed together: one row per
+    group, its most suspicious member, with the other members in ``copy_ids`` / ``copy_labels`` /
+    ``copy_texts``; its place in the queue is the group's highest suspicion, at least
+    :data:`CONFLICT_PRIORITY`. ``priority`` holds that order; ``queue_rank`` is 1, 2, ...
+    """
     done = set(reviewed_ids)
-    queue = scores[scores["is_issue"] & ~scores["id"].isin(done)].sort_values("rank")
-    return queue.head(max_review).reset_index(drop=True) if max_review > 0 else queue.reset_index(drop=True)
+    flagged = scores["flagged_by"] != "" if "flagged_by" in scores else scores["is_issue"]
+    queue = scores[flagged & ~scores["id"].isin(done)].copy()
+    queue["priority"] = queue["suspicion"].astype(np.float64)
+    queue["copy_ids"] = [[] for _ in range(len(queue))]
+    queue["copy_labels"] = [[] for _ in range(len(queue))]
+    queue["copy_texts"] = [[] for _ in range(len(queue))]
+    if "duplicate_group" in scores:
+        conflict = (queue["duplicate"] | queue["near_duplicate"]) & (queue["duplicate_group"] >= 0)
+        members = scores[scores["duplicate_group"].isin(queue.loc[conflict, "duplicate_group"])]
+        drop = []
+        for group, rows in queue[conflict].sort_values("rank").groupby("duplicate_group", sort=False):
+            head = rows.index[0]
+            others = members[(members["duplicate_group"] == group) & (members["id"] != queue.at[head, "id"])]
+            queue.at[head, "copy_ids"] = others["id"].tolist()
+            queue.at[head, "copy_labels"] = others["given_label"].tolist()
+            queue.at[head, "copy_texts"] = others["text"].tolist()
+            queue.at[head, "priority"] = max(CONFLICT_PRIORITY, float(members.loc[members["duplicate_group"] == group,
+                                                                                 "suspicion"].max()))
+            drop += list(rows.index[1:])
+        queue = queue.drop(index=drop)
+    queue = queue.sort_values(["priority", "rank"], ascending=[False, True]).reset_index(drop=True)
+    queue = queue.head(max_review) if max_review > 0 else queue
+    queue["queue_rank"] = np.arange(1, len(queue) + 1)
+    return queue
+
+
+def majority_baseline(confusion: np.ndarray, majority: int | None = None) -> dict[str, float]:
+    """Accuracy and macro F1 of always predicting one class, on the data of a confusion matrix.
+
+    confusion: (C, C) counts, rows = true class. majority: the class predicted (default: the most
+    frequent true class of ``confusion``; pass the train split's majority to judge a model trained
+    on it). Predicting class m for all N examples gives accuracy n_m / N and, for class m,
+    precision n_m / N and recall 1, so F1_m = 2 n_m / (N + n_m) and macro F1 = F1_m / C.
+
+    >>> majority_baseline(np.array([[6, 0], [2, 2]]))
+    {'accuracy': 0.6, 'macro_f1': 0.375}
+    """
+    counts = np.asarray(confusion).sum(1)
+    n = counts.sum()
+    m = int(np.argmax(counts)) if majority is None else int(majority)
+    return {"accuracy": round(float(counts[m] / n), 4), "macro_f1": round(float(2 * counts[m] / (n + counts[m]) / len(counts)), 4)}
+
+
+def baseline_guard(metrics: dict, baseline: dict, min_gain: float = 0.1) -> str | None:
+    """Why a model is not clearly better than the majority-class baseline, or None when it is.
+
+    metrics, baseline: ``accuracy`` and ``macro_f1`` of the model and of :func:`majority_baseline`
+    on the same data. Clearly better = both close at least ``min_gain`` of the gap between the
+    baseline and a perfect score (0.1: a 35% baseline needs 41.5% accuracy; a 90% one needs 91%).
+
+    >>> baseline_guard({"accuracy": 0.35, "macro_f1": 0.09}, {"accuracy": 0.35, "macro_f1": 0.09})
+    'accuracy 35.0% (majority class: 35.0%), macro F1 0.090 (majority class: 0.090)'
+    >>> baseline_guard({"accuracy": 0.9, "macro_f1": 0.85}, {"accuracy": 0.35, "macro_f1": 0.09}) is None
+    True
+    """
+    weak = [k for k in ("accuracy", "macro_f1")
+            if metrics[k] < baseline[k] + min_gain * (1 - baseline[k]) or metrics[k] <= baseline[k]]
+    if not weak:
+        return None
+    return (f"accuracy {metrics['accuracy']:.1%} (majority class: {baseline['accuracy']:.1%}), "
+            f"macro F1 {metrics['macro_f1']:.3f} (majority class: {baseline['macro_f1']:.3f})")
 
 
 def confident_examples(scores: pd.DataFrame, per_class: int = 5) -> pd.DataFrame:

@@ -94,6 +94,22 @@ def _md_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _copies_section(scores: pd.DataFrame) -> list[str]:
+    """Report lines on copies of a text with conflicting labels and on outliers (none without the checks)."""
+    if "flagged_by" not in scores:
+        return []
+    conflict = scores[scores["duplicate"] | scores["near_duplicate"]]
+    outliers = scores[scores["outlier"]]
+    lines = ["## Copies with conflicting labels, and outliers", "",
+             f"{conflict['duplicate_group'].nunique():,} groups of copies carry more than one label "
+             f"({int(scores['duplicate'].sum()):,} exact and {int(scores['near_duplicate'].sum()):,} near copies; "
+             f"each group is reviewed as one record); {len(outliers):,} texts are unlike any other (outliers).", ""]
+    if len(conflict):
+        show = conflict.sort_values(["duplicate_group", "rank"]).head(20)[["duplicate_group", "id", "given_label", "text"]]
+        lines += [_md_table(show), ""]
+    return lines
+
+
 def write_report(
     scores: pd.DataFrame, queue: pd.DataFrame, confident: pd.DataFrame, label_names: list[str], outdir: Path,
     source: str, embeddings: np.ndarray | None = None, seed: int = 42,
@@ -124,6 +140,7 @@ def write_report(
         "",
         _md_table(top),
         "",
+        *_copies_section(scores),
         "## Most confident examples per class (look for shortcuts)",
         "",
         _md_table(confident[["given_label", "loss", "text"]].assign(loss=confident["loss"].map("{:.4f}".format))),

@@ -32,7 +32,7 @@ import numpy as np
 
 from cleanloop.atomic import save_npy, write_file, write_json, write_text
 from cleanloop.config import Config
-from cleanloop.errors import CleanloopError
+from cleanloop.errors import CleanloopError, WeakModelError
 from cleanloop.labeling.journal import Journal, Vote
 
 log = logging.getLogger("cleanloop.loop")
@@ -162,14 +162,15 @@ class FlagResult:
 def flag_step(rcfg: Config, train_ds, max_review: int, skip_ids: set[str]) -> FlagResult:
     """Score the train split, build the review queue without ``skip_ids``, embed the queue's texts."""
     from cleanloop.cli.flag import judging_probs
-    from cleanloop.loops.flag import review_queue, scores_table, signal_table
+    from cleanloop.loops.flag import example_checks, review_queue, scores_table, signal_table
     from cleanloop.model.score import write_parquet_atomic
 
     names = train_ds.features["label"].names
     labels = np.asarray(train_ds["label"])
     probs, feats, _ = judging_probs(rcfg, train_ds)
+    checks, feats = example_checks(rcfg, train_ds, feats)
     scores = scores_table(list(train_ds["id"]), list(train_ds["text"]), labels, probs, names,
-                          signal_table(labels, probs, rcfg.filter_by))
+                          signal_table(labels, probs, rcfg.filter_by), checks)
     queue = review_queue(scores, max_review, skip_ids)
     out = rcfg.workpath / "flags"
     write_parquet_atomic(scores, out / "scores.parquet")
@@ -205,27 +206,76 @@ def agent_name(cfg: Config, rnd: int) -> str:
 
 
 def push_step(client, cfg: Config, queue, embeddings, label_names: list[str], rnd: int, skip_ids: set[str], *,
-              flagged_by: tuple[str, ...] = ("cleanlab",), guidelines: str | None = None) -> list[str]:
-    """Push the queue to the review dataset (created if needed); returns the ids pushed.
+              flagged_by: tuple[str, ...] = ("cleanlab",), guidelines: str | None = None, wave: int = 0,
+              progress: Callable[[int], None] | None = None) -> list[str]:
+    """Push the queue to the review dataset (created if needed); returns the ids of the records to review.
 
     flagged_by: what chose the records (metadata); guidelines: for a new dataset (default: the review's).
+    wave: push only the first ``wave`` records (0: all); :class:`WavePusher` pushes the rest as
+    answers come. progress(n) is called as records are sent.
     """
+    pusher = wave_pusher(client, cfg, queue, embeddings, label_names, rnd, skip_ids, flagged_by=flagged_by,
+                         guidelines=guidelines, wave=wave, progress=progress)
+    if pusher is None:
+        return []
+    pusher.feed(0)
+    return pusher.ids
+
+
+class WavePusher:
+    """Keep at most ``wave`` records of a review queue unanswered in Argilla, pushing the next ones,
+    in queue order, as annotators answer (``wave`` 0: everything at once).
+
+    Argilla's annotator view shows pending records in a per-annotator shuffle, not in the order they
+    were pushed, on any Argilla server; with one record pending at a time (``wave`` 1) every
+    annotator sees the queue strictly most suspicious first. Pushing a record again is harmless
+    (it updates by id, answers kept), so a resumed loop starts over with :meth:`feed`.
+    """
+
+    def __init__(self, client, dataset, records: list, wave: int = 1,
+                 progress: Callable[[int], None] | None = None):
+        self.client, self.dataset, self.records, self.wave = client, dataset, records, wave
+        self.progress = progress
+        self.pushed = 0
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.id for r in self.records]
+
+    def feed(self, answered: int) -> int:
+        """Push up to ``answered + wave`` records of the queue (all when ``wave`` is 0); returns how many are pushed."""
+        from cleanloop.labeling import argilla_io as aio
+
+        target = len(self.records) if self.wave <= 0 else min(len(self.records), answered + self.wave)
+        if target > self.pushed:
+            aio.push(self.client, self.dataset, self.records[self.pushed:target], progress=self.progress)
+            self.pushed = target
+        return self.pushed
+
+
+def wave_pusher(client, cfg: Config, queue, embeddings, label_names: list[str], rnd: int, skip_ids: set[str], *,
+                flagged_by: tuple[str, ...] = ("cleanlab",), guidelines: str | None = None, wave: int = 0,
+                progress: Callable[[int], None] | None = None) -> WavePusher | None:
+    """A :class:`WavePusher` for the queue's records not in ``skip_ids`` (None for an empty queue)."""
     from cleanloop.labeling import argilla_io as aio
 
     if len(queue) == 0:
-        return []
+        return None
     dim = int(embeddings.shape[1]) if embeddings is not None else None
     dataset = aio.ensure_dataset(client, cfg, label_names, dim, guidelines=guidelines or aio.GUIDELINES)
-    records = aio.records_from_queue(queue, rnd, agent_name(cfg, rnd), embeddings, flagged_by)
-    return aio.push(client, dataset, records, skip_ids)
+    records = [r for r in aio.records_from_queue(queue, rnd, agent_name(cfg, rnd), embeddings, flagged_by)
+               if r.id not in skip_ids]
+    return WavePusher(client, dataset, records, wave, progress)
 
 
-def pull_step(client, cfg: Config, journal: Journal, original_train, rnd: int):
+def pull_step(client, cfg: Config, journal: Journal, original_train, rnd: int,
+              progress: Callable[[int], None] | None = None):
     """Read every answer, append what is new to the journal (one transaction). Returns the PullResult.
 
     An answer withdrawn since the last pull (its record deleted, or back to draft) is journalled
     as withdrawn and the example decided again. Answers on a record whose fingerprint is not the
     local example's (another text under that id) are refused, with nothing written.
+    progress(n): called as records are read (:func:`argilla_io.pull`).
     """
     from cleanloop.identity import fingerprints
     from cleanloop.labeling import argilla_io as aio
@@ -237,7 +287,7 @@ def pull_step(client, cfg: Config, journal: Journal, original_train, rnd: int):
         )
     names = original_train.features["label"].names
     old = {i: names[lbl] if lbl >= 0 else "" for i, lbl in zip(original_train["id"], original_train["label"])}  # -1: unlabelled
-    responses = aio.pull(client, dataset)
+    responses = aio.pull(client, dataset, progress)
     unknown = sorted({r.example_id for r in responses if r.example_id not in old})
     if unknown:
         log.warning("%d answered records are not in this data's train split (e.g. %s): left out",
@@ -254,7 +304,9 @@ def pull_step(client, cfg: Config, journal: Journal, original_train, rnd: int):
         )
     probs = {r.example_id: aio.suggestion_probs(r.suggestion, names) for r in responses
              if r.suggestion is not None and r.suggestion.label in names}
-    votes = [Vote(r.example_id, r.annotator, r.label, r.status) for r in responses]
+    # one answer on a record of copies settles every copy (the record lists them in its metadata)
+    votes = [Vote(i, r.annotator, r.label, r.status) for r in responses
+             for i in (r.example_id, *(c for c in r.copies if c in old))]
     return journal.record_pull(votes, old, rnd, label_names=names, pred_probs=probs, complete=True)
 
 
@@ -276,13 +328,18 @@ def round_stats(journal: Journal, rnd: int) -> dict:
 
 
 def wait_for_reviews(client, cfg: Config, ids: list[str], min_reviewed: int, timeout: float, poll: float,
-                     display: Callable[[int, int], None] | None = None, wake=None) -> int:
+                     display: Callable[[int, int], None] | None = None, wake=None,
+                     feed: Callable[[int], object] | None = None) -> int:
     """Poll until ``min_reviewed`` of ``ids`` (0: all) have an answer, or ``timeout`` seconds pass.
 
     display(done, target) is called after every poll. wake: a ``threading.Event`` set by
     webhooks (:class:`argilla_io.ReviewWaker`): a set event ends the pause between polls early.
-    Returns how many were answered.
+    feed(done): called after every poll (:meth:`WavePusher.feed`: push the next records); with it,
+    polls come at least every second. A poll that fails is tried again; three failures in a row
+    raise :class:`CleanloopError`. Returns how many were answered.
     """
+    import httpx
+
     from cleanloop.labeling import argilla_io as aio
 
     if not ids:
@@ -290,8 +347,21 @@ def wait_for_reviews(client, cfg: Config, ids: list[str], min_reviewed: int, tim
     target = min(min_reviewed or len(ids), len(ids))
     dataset = aio.get_dataset(client, cfg)
     start = time.monotonic()
+    failures = 0
     while True:
-        done, _ = aio.progress(client, dataset, ids)
+        try:
+            done, _ = aio.progress(client, dataset, ids)
+            if feed:
+                feed(done)
+            failures = 0
+        except (CleanloopError, httpx.TransportError) as exc:  # a blip between polls: ask again
+            failures += 1
+            if failures >= 3:
+                raise CleanloopError(f"lost Argilla at {cfg.argilla_url} while waiting for reviews ({exc}); fix: "
+                                     "check the server ('cleanloop argilla status') and run the command again") from None
+            log.warning("Argilla did not answer (%s); asking again", str(exc)[:160])
+            time.sleep(min(poll, 1.0))
+            continue
         if display:
             display(done, target)
         if done >= target:
@@ -299,7 +369,8 @@ def wait_for_reviews(client, cfg: Config, ids: list[str], min_reviewed: int, tim
         if time.monotonic() - start >= timeout:
             log.info("review timeout (%.0f s): going on with %d of %d answered", timeout, done, target)
             return done
-        pause = min(poll, max(0.0, timeout - (time.monotonic() - start)))
+        # feeding waves: the next record must be there soon after the annotator submits
+        pause = min(poll if feed is None else min(poll, 1.0), max(0.0, timeout - (time.monotonic() - start)))
         if wake is not None:
             wake.wait(pause)
             wake.clear()
@@ -363,7 +434,7 @@ def run_rounds(state: LoopState, state_file: Path, rounds: int, steps: Sequence[
             res.setdefault("step_seconds", {})[step] = round(time.perf_counter() - t0, 2)
             state.done.append(step)
             state.save(state_file)
-            log.info("%s round %s: %s done", name, rnd, step)
+            log.debug("%s round %s: %s done", name, rnd, step)  # on_step prints the summary
             if on_step:
                 on_step(rnd, step, res)
         state.round, state.done = rnd + 1, []
@@ -409,6 +480,16 @@ def _run_loop(cfg: Config, opts: LoopOptions, client, home, display, on_step) ->
     journal = Journal(journal_path(cfg))
     connected = lazy_client(cfg, home, client)
 
+    def round_pusher(rnd: int, skip: set[str]) -> WavePusher | None:
+        """The round's queue as a :class:`WavePusher` (``cfg.review_wave`` records pending at a time)."""
+        import pandas as pd
+
+        flags = round_config(cfg, rnd).workpath / "flags"
+        queue = pd.read_parquet(flags / "review_queue.parquet")
+        emb_file = flags / "queue_embeddings.npy"
+        emb = np.load(emb_file) if emb_file.exists() and len(queue) else None
+        return wave_pusher(connected(), cfg, queue, emb, names, rnd, skip, wave=cfg.review_wave)
+
     def begin_round(rnd: int, res: dict) -> Callable[[str], None]:
         rcfg = round_config(cfg, rnd)
         _share_cache(cfg, rcfg)
@@ -418,23 +499,27 @@ def _run_loop(cfg: Config, opts: LoopOptions, client, home, display, on_step) ->
             if step == "train":
                 res.update(train_step(rcfg, train_dd))
             elif step == "flag":
-                fr = flag_step(rcfg, train_dd["train"], max_review, journal.reviewed_ids())
+                try:
+                    fr = flag_step(rcfg, train_dd["train"], max_review, journal.reviewed_ids())
+                except WeakModelError:  # run again with more epochs or data: that round's training again
+                    state.done.remove("train")
+                    state.save(state_file)
+                    raise
                 res.update(flagged=int(fr.scores["is_issue"].sum()), queued=len(fr.queue))
             elif step == "push":
-                import pandas as pd
-
-                flags = rcfg.workpath / "flags"
-                queue = pd.read_parquet(flags / "review_queue.parquet")
-                emb_file = flags / "queue_embeddings.npy"
-                emb = np.load(emb_file) if emb_file.exists() and len(queue) else None
-                res["pushed_ids"] = push_step(connected(), cfg, queue, emb, names, rnd, journal.reviewed_ids())
+                pusher = round_pusher(rnd, set(journal.reviewed_ids()))
+                if pusher is not None:
+                    pusher.feed(0)
+                res["pushed_ids"] = pusher.ids if pusher is not None else []
                 res["pushed"] = len(res["pushed_ids"])
             elif step == "wait":
                 waker = aio.ReviewWaker(connected()).start() if opts.webhooks and res.get("pushed_ids") else None
+                pusher = round_pusher(rnd, set(journal.reviewed_ids())) if res.get("pushed_ids") else None
                 try:
                     res["answered"] = wait_for_reviews(
                         connected(), cfg, res.get("pushed_ids", []), opts.min_reviewed, opts.review_timeout,
-                        opts.poll_seconds, display, waker.event if waker else None)
+                        opts.poll_seconds, display, waker.event if waker else None,
+                        feed=pusher.feed if pusher is not None else None)
                 finally:
                     if waker:
                         waker.stop()

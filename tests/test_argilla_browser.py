@@ -28,11 +28,26 @@ def _browser(profile_dir):
     return webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=driver))
 
 
+def sign_in(browser, argilla_server):
+    """Sign in as the annotator; returns a 60-second ``WebDriverWait`` on the browser."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(f"{argilla_server.url}/sign-in")
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[type=password]")))
+    browser.find_element(By.CSS_SELECTOR, "input[type=text]").send_keys(argilla_server.annotator)
+    browser.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys(argilla_server.annotator_password)
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait.until(lambda b: "/sign-in" not in b.current_url)
+    return wait
+
+
 def test_annotator_labels_a_record_in_the_web_ui(argilla_server, tmp_path):
     import argilla as rg
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     client = argilla_server.client()
     settings = rg.Settings(fields=[rg.TextField("text")], questions=[rg.LabelQuestion("label", labels=["joy", "sadness"])])
@@ -41,13 +56,7 @@ def test_annotator_labels_a_record_in_the_web_ui(argilla_server, tmp_path):
 
     browser = _browser(tmp_path / "chromium-profile")
     try:
-        wait = WebDriverWait(browser, 60)
-        browser.get(f"{argilla_server.url}/sign-in")
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[type=password]")))
-        browser.find_element(By.CSS_SELECTOR, "input[type=text]").send_keys(argilla_server.annotator)
-        browser.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys(argilla_server.annotator_password)
-        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        wait.until(lambda b: "/sign-in" not in b.current_url)
+        wait = sign_in(browser, argilla_server)
 
         browser.get(f"{argilla_server.url}/dataset/{dataset.id}/annotation-mode")
         wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "label[for=label_joy]"))).click()

@@ -33,10 +33,11 @@ def offline_client(monkeypatch):
 
 def test_settings_hold_the_task(offline_client):
     s = aio.dataset_settings(NAMES, vector_dim=4, client=offline_client)
-    assert [f.name for f in s.fields] == ["text"]
+    assert [f.name for f in s.fields] == ["text", "given"]  # the label in the data, in the record itself
+    assert s.fields["given"].use_markdown and not s.fields["given"].required
     assert list(s.questions["label"].labels) == NAMES
     assert {m.name for m in s.metadata} == {"given_label", "suggested_label", "label_quality", "loss", "round", "flagged_by",
-                                           "fingerprint"}
+                                            "fingerprint", "queue_rank", "copies"}
     assert s.vectors["embedding"].dimensions == 4
     assert "Discard" in s.guidelines and "no emotion" in s.guidelines
     assert aio.dataset_settings(NAMES, client=offline_client).vectors["embedding"] is None
@@ -52,8 +53,29 @@ def test_record_mapping():
     s = r.suggestions["label"]
     assert (s.value, s.score, s.agent) == ("sadness", 0.8, "cleanloop-test")
     assert r.vectors["embedding"] == [0.5, 0.25, 0.0, 1.0]
+    assert r.fields["given"] == "**Label in the data: joy**"
     bare = aio.to_argilla_record(aio.ReviewRecord("x", "t", "joy", loss=float("nan")))
     assert "loss" not in bare.metadata and not list(bare.suggestions) and not bare.vectors
+    unlabelled = aio.to_argilla_record(aio.ReviewRecord("u", "t", None))
+    assert "given" not in unlabelled.fields
+
+
+def test_copies_are_shown_and_read_back():
+    from argilla._models import RecordModel, UserResponseModel
+    from argilla._models._record._metadata import MetadataModel
+
+    rec = aio.ReviewRecord("train-00003", "so *angry*", "sadness", aio.Suggestion("anger", 0.9, "m"),
+                           copies=(("train-00011", "anger", "So  *angry*"),), queue_rank=2)
+    r = aio.to_argilla_record(rec)
+    assert r.metadata["copies"] == ["train-00011"] and r.metadata["queue_rank"] == 2
+    assert r.fields["given"] == ("**Label in the data: sadness**\n\n**1 other copy** of this text in the data; your "
+                                 "answer applies to all of them:\n\n- *anger*: So \\*angry\\* (train\\-00011)")
+    a = uuid.uuid4()
+    model = RecordModel(external_id="train-00003", fields={"text": "t"},
+                        metadata=[MetadataModel(name="copies", value=["train-00011"])])
+    model.responses = [UserResponseModel(values={"label": {"value": "anger"}}, status="submitted", user_id=a)]
+    [resp] = aio.responses_from_record(model, {str(a): "ann"})
+    assert resp.copies == ("train-00011",)
 
 
 def test_responses_from_record_keeps_submitted_and_discarded():
@@ -79,6 +101,12 @@ def test_queue_to_records_and_suggestion_probs():
                           "suggested_score": [0.7], "label_quality": [0.2], "loss": [1.5]})
     [rec] = aio.records_from_queue(queue, round=1, agent="m", embeddings=np.ones((1, 3)))
     assert rec.suggestion == aio.Suggestion("anger", 0.7, "m") and rec.vector == (1.0, 1.0, 1.0)
+    assert rec.flagged_by == ("cleanlab",) and rec.copies == () and rec.queue_rank is None
+    queue = queue.assign(flagged_by=["cleanlab,duplicate"], copy_ids=[["train-00009"]], copy_labels=[["anger"]],
+                         copy_texts=[["T"]], queue_rank=[1])
+    [rec] = aio.records_from_queue(queue, round=1, agent="m")
+    assert rec.flagged_by == ("cleanlab", "duplicate") and rec.copies == (("train-00009", "anger", "T"),)
+    assert rec.queue_rank == 1
     np.testing.assert_allclose(aio.suggestion_probs(rec.suggestion, NAMES), [0.7, 0.15, 0.15])
     with pytest.raises(CleanloopError, match="2 embeddings for a queue of 1"):
         aio.records_from_queue(queue, 1, "m", np.ones((2, 3)))

@@ -144,7 +144,9 @@ def test_cli_flag_from_training_dynamics_writes_scores_queue_and_report(trained)
             "is_issue", "suspicion", "rank"} <= set(scores.columns)
     assert sorted(scores["id"]) == sorted(dd["train"]["id"]) and scores["rank"].iloc[0] == 1
     queue = pd.read_parquet(out / "review_queue.parquet")
-    assert len(queue) <= 10 and queue["is_issue"].all()
+    assert len(queue) <= 10 and (queue["flagged_by"] != "").all()
+    assert queue["queue_rank"].tolist() == list(range(1, len(queue) + 1))
+    assert "checks:" in res.output and "outliers" in res.output
     report = (out / "report.md").read_text()
     assert "Top 20 suspects" in report and (out / "flag_matrix.png").exists() and (out / "embedding_map.png").exists()
 

@@ -90,6 +90,27 @@ class Config:
     max_review: int = field(default=500, metadata={"help": "Most examples sent for review per round (0: all)."})
     seed: int = field(default=42, metadata={"help": "Random seed."})
     workdir: str = field(default="runs/emotion", metadata={"help": "Where models, scores and reports go."})
+    min_gain_over_baseline: float = field(
+        default=0.1,
+        metadata={"help": "'flag' stops unless the model closes this share of the gap between the majority-class "
+                          "baseline and a perfect score, in accuracy and macro F1 on held-out data (0: no check)."},
+    )
+    neighbour_checks: bool = field(
+        default=True,
+        metadata={"help": "Near-duplicates with conflicting labels, outliers and neighbour labels, on the frozen "
+                          "encoder's sentence embeddings (one cached pass over train); off: exact duplicates only."},
+    )
+    near_duplicate_threshold: float = field(
+        default=0.13,
+        metadata={"help": "Near-duplicates: cosine distance below this x the median nearest-neighbour distance "
+                          "(cleanlab Datalab's rule; 0: exact duplicates only)."},
+    )
+    review_wave: int = field(
+        default=1,
+        metadata={"help": "Review records pending in Argilla at a time; the next are pushed as annotators answer. "
+                          "Argilla shows pending records in a per-annotator shuffle: 1 keeps the queue strictly "
+                          "most suspicious first. 0: push the whole queue at once."},
+    )
     # --- argilla ----------------------------------------------------------
     argilla_url: str = field(default="http://127.0.0.1:6900", metadata={"help": "Argilla server URL."})
     argilla_workspace: str = field(default="cleanloop", metadata={"help": "Argilla workspace."})
@@ -114,6 +135,13 @@ class Config:
             raise CleanloopError(f"dynamics_epochs must be 0 (all) or more, got {self.dynamics_epochs}")
         if self.precision not in PRECISIONS:
             raise CleanloopError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.review_wave < 0:
+            raise CleanloopError(f"review_wave must be 0 (all at once) or more, got {self.review_wave}")
+        if self.near_duplicate_threshold < 0 or self.min_gain_over_baseline < 0:
+            raise CleanloopError(
+                f"near_duplicate_threshold and min_gain_over_baseline must be >= 0, got "
+                f"{self.near_duplicate_threshold} and {self.min_gain_over_baseline}"
+            )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise CleanloopError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         self._check_ranges()

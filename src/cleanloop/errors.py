@@ -20,3 +20,7 @@ def not_utf8(path) -> CleanloopError:
         f"{path}: line {line} is not UTF-8 text (byte 0x{data[pos]:02x} at offset {pos}); "
         f"fix: save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {path} > {Path(path).stem}.utf8{Path(path).suffix}"
     )
+
+
+class WeakModelError(CleanloopError):
+    """The model behind the flags is not clearly better than predicting the majority class."""

@@ -12,7 +12,7 @@ import numpy as np
 from cleanloop.atomic import save_npy
 from cleanloop.cli.options import app, config_options, writes_workdir
 from cleanloop.config import Config
-from cleanloop.errors import CleanloopError
+from cleanloop.errors import CleanloopError, WeakModelError
 
 log = logging.getLogger("cleanloop")
 
@@ -39,6 +39,10 @@ def judging_probs(cfg: Config, train_ds) -> tuple[np.ndarray, np.ndarray | None,
                 "fix: run 'cleanloop train' on this data first"
             )
         source = f"training dynamics of {path.parent} ({len(dyn['probs'])} epoch records)"
+        metrics = json.loads((path.parent / "metrics.json").read_text()) if (path.parent / "metrics.json").exists() else {}
+        split = next((s for s in ("validation", "test") if s in metrics), None)
+        if split:
+            check_model(cfg, np.asarray(metrics[split]["confusion_matrix"]), labels, f"{split} ({path.parent})")
         return dynamics_probs(dyn["probs"]), None, source
     cache = cfg.workpath / "cache" / f"oof-{cfg.method}-{cfg.folds}-{_version_key(cfg, train_ds)}.npy"
     probs = _load_cache(cache, (len(labels), len(names)))
@@ -49,6 +53,10 @@ def judging_probs(cfg: Config, train_ds) -> tuple[np.ndarray, np.ndarray | None,
         else:
             probs = oof_finetune(cfg, train_ds, cfg.folds, progress=log.info)
         save_npy(cache, probs)  # atomic: a kill never leaves half a cache
+    from sklearn.metrics import confusion_matrix
+
+    check_model(cfg, confusion_matrix(labels, probs.argmax(1), labels=range(len(names))), labels,
+                f"held-out folds of train ({cfg.folds}-fold {cfg.method})")
     return probs, feats, f"{cfg.folds}-fold out-of-fold {cfg.method}"
 
 
@@ -62,6 +70,41 @@ def _load_cache(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
         log.warning("out-of-fold cache %s is unreadable (%s): computing it again", path, exc)
         return None
     return probs if probs.shape == shape else None
+
+
+def check_model(cfg: Config, confusion: np.ndarray, train_labels: np.ndarray, where: str) -> None:
+    """Stop when the model behind the flags is not clearly better than predicting the train majority class.
+
+    confusion: (C, C) counts of the model on held-out data (rows = true class). A model that
+    predicts one class for everything "doubts" every label of the other classes: its flags are noise.
+    """
+    from cleanloop.loops.flag import baseline_guard, majority_baseline
+
+    if cfg.min_gain_over_baseline <= 0:
+        return
+    confusion = np.asarray(confusion)
+    total = confusion.sum()
+    metrics = {"accuracy": float(np.trace(confusion) / total),
+               "macro_f1": float(np.mean([2 * confusion[c, c] / max(confusion[c].sum() + confusion[:, c].sum(), 1)
+                                          for c in range(len(confusion))]))}
+    why = baseline_guard(metrics, majority_baseline(confusion, int(np.bincount(train_labels).argmax())),
+                         cfg.min_gain_over_baseline)
+    if why:
+        raise WeakModelError(
+            f"the model behind the flags is not clearly better than always predicting the majority class on {where}: "
+            f"{why}, so its flags would be noise; fix: train longer (--epochs 3 or more), label more data, "
+            "or use --flag-source oof --method features (--min-gain-over-baseline 0 skips this check)"
+        )
+
+
+def flag_summary(scores) -> str:
+    """One line: how many examples each reason flags (``flagged_by``), and the conflicting copy groups."""
+    from cleanloop.loops.flag import REASONS
+
+    counts = {r: int(scores["flagged_by"].str.split(",").apply(lambda rs, r=r: r in rs).sum()) for r in REASONS}
+    groups = scores.loc[scores["duplicate"] | scores["near_duplicate"], "duplicate_group"].nunique()
+    return (f"{counts['duplicate']:,} exact and {counts['near_duplicate']:,} near duplicates with conflicting labels "
+            f"({groups:,} groups, each reviewed as one record), {counts['outlier']:,} outliers")
 
 
 def _version_key(cfg: Config, ds) -> str:
@@ -84,7 +127,7 @@ def _version_key(cfg: Config, ds) -> str:
 @writes_workdir
 def flag(cfg: Config, with_map: bool, output_dir: str | None) -> None:
     """Flag likely mislabelled training examples: scores.parquet, review_queue.parquet and a report."""
-    from cleanloop.loops.flag import confident_examples, review_queue, scores_table, signal_table
+    from cleanloop.loops.flag import confident_examples, example_checks, review_queue, scores_table, signal_table
     from cleanloop.loops.report import write_report
     from cleanloop.loops.retrain import reviewed_ids
     from cleanloop.identity import load_workdir_data
@@ -96,7 +139,9 @@ def flag(cfg: Config, with_map: bool, output_dir: str | None) -> None:
     labels = np.asarray(train["label"])
     probs, embeddings, source = judging_probs(cfg, train)
     table = signal_table(labels, probs, cfg.filter_by)
-    scores = scores_table(train["id"], train["text"], labels, probs, names, table)
+    checks, features = example_checks(cfg, train, embeddings)
+    embeddings = features if embeddings is None else embeddings
+    scores = scores_table(train["id"], train["text"], labels, probs, names, table, checks)
     queue = review_queue(scores, cfg.max_review, reviewed_ids(cfg))  # already reviewed: not again
     out = Path(output_dir) if output_dir else cfg.workpath / "flags"
     write_parquet_atomic(scores, out / "scores.parquet")
@@ -120,6 +165,7 @@ def flag(cfg: Config, with_map: bool, output_dir: str | None) -> None:
     click.echo(f"signals from {source}")
     click.echo(f"flagged {int(scores['is_issue'].sum()):,} of {len(scores):,} ({scores['is_issue'].mean():.1%}); "
                f"review queue {len(queue):,} (max_review {cfg.max_review})")
+    click.echo(f"checks: {flag_summary(scores)}")
     for r in scores.head(5).itertuples():
         click.echo(f"  #{r.rank} {r.id} given {r.given_label} -> suggested {r.suggested_label} "
                    f"({r.suggested_score:.2f}): {r.text[:80]}")

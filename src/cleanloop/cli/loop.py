@@ -26,20 +26,39 @@ def _latest_round(cfg: Config) -> int:
     return max(rounds, default=0)
 
 
+def review_wait_options(func):
+    """--min-reviewed, --review-timeout, --poll-seconds: how a loop waits for the annotators."""
+    func = click.option("--poll-seconds", type=float, default=5.0, show_default=True,
+                        help="How often to ask Argilla.")(func)
+    func = click.option("--review-timeout", type=float, default=3600.0, show_default=True,
+                        help="Seconds to wait for answers; then go on with those there are.")(func)
+    return click.option("--min-reviewed", type=int, default=0, show_default=True,
+                        help="Go on once this many pushed records are answered (0: all of them).")(func)
+
+
 @app.command()
 @config_options
 @_home_option
 @click.option("--round", "rnd", type=int, default=None, help="Review round written on the records (default: next).")
 @click.option("--queue", "queue_path", type=click.Path(dir_okay=False), default=None,
               help="Review queue parquet (default: WORKDIR/flags/review_queue.parquet from 'cleanloop flag').")
+@review_wait_options
+@click.option("--non-interactive", is_flag=True, help="No progress bar: one log line per change (CI).")
 @writes_workdir
-def push(cfg: Config, home: str | None, rnd: int | None, queue_path: str | None) -> None:
-    """Send the review queue to Argilla (record id = example id; already reviewed examples are skipped)."""
+def push(cfg: Config, home: str | None, rnd: int | None, queue_path: str | None, min_reviewed, review_timeout,
+         poll_seconds, non_interactive) -> None:
+    """Send the review queue to Argilla (record id = example id; already reviewed examples are skipped).
+
+    With --review-wave N (default 1) only N records are pending at a time, so that annotators see
+    the queue most suspicious first: push stays and sends the next record as each is answered,
+    until the queue is answered or --review-timeout passes (Ctrl-C stops; run push again to go on).
+    --review-wave 0 sends the whole queue at once and returns.
+    """
     import pandas as pd
 
-    from cleanloop.labeling import argilla_io as aio
-    from cleanloop.loops.retrain import embed_queue, push_step, reviewed_ids
     from cleanloop.identity import load_workdir_data
+    from cleanloop.labeling import argilla_io as aio
+    from cleanloop.loops.retrain import embed_queue, reviewed_ids, wait_for_reviews, wave_pusher
 
     path = Path(queue_path) if queue_path else cfg.workpath / "flags" / "review_queue.parquet"
     if not path.exists():
@@ -50,18 +69,50 @@ def push(cfg: Config, home: str | None, rnd: int | None, queue_path: str | None)
     emb = embed_queue(cfg, train, queue)
     client = aio.connect(cfg, home)
     skip = reviewed_ids(cfg)
+    bar = _bar(non_interactive, len(queue) - len(skip & set(queue["id"])), "push")
     with aio.server_errors(cfg.argilla_url, "push"):
-        ids = push_step(client, cfg, queue, emb, train.features["label"].names, rnd, skip)
-    click.echo(f"pushed {len(ids):,} records to {cfg.argilla_url} dataset {cfg.argilla_workspace}/{cfg.argilla_dataset} "
-               f"(round {rnd}; {len(queue) - len(ids):,} already reviewed, skipped)")
+        pusher = wave_pusher(client, cfg, queue, emb, train.features["label"].names, rnd, skip, wave=cfg.review_wave,
+                             progress=bar.update if bar is not None else None)
+        ids = pusher.ids if pusher else []
+        where = f"{cfg.argilla_url} dataset {cfg.argilla_workspace}/{cfg.argilla_dataset} (round {rnd}; " \
+                f"{len(queue) - len(ids):,} already reviewed, skipped)"
+        if pusher is not None and cfg.review_wave > 0:
+            pusher.feed(0)
+            if bar is not None:
+                bar.close()
+            click.echo(f"{len(ids):,} records to review at {where}; {cfg.review_wave} pending at a time, most "
+                       "suspicious first: keep this running while annotators work (Ctrl-C stops; push again goes on)")
+            display = ReviewProgress(non_interactive)
+            try:
+                answered = wait_for_reviews(client, cfg, ids, min_reviewed, review_timeout, poll_seconds, display,
+                                            feed=pusher.feed)
+            finally:
+                display.close()
+            click.echo(f"pushed {pusher.pushed:,} of {len(ids):,} records, {answered:,} answered; next: cleanloop pull")
+            return
+        if pusher is not None:
+            pusher.feed(0)
+    if bar is not None:
+        bar.close()
+    click.echo(f"pushed {len(ids):,} records to {where}")
+
+
+def _bar(non_interactive: bool, total: int | None, desc: str):
+    """A tqdm progress bar over records, or None when non-interactive."""
+    if non_interactive:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="rec")
 
 
 @app.command()
 @config_options
 @_home_option
 @click.option("--round", "rnd", type=int, default=None, help="Round these answers belong to (default: next).")
+@click.option("--non-interactive", is_flag=True, help="No progress bar (CI).")
 @writes_workdir
-def pull(cfg: Config, home: str | None, rnd: int | None) -> None:
+def pull(cfg: Config, home: str | None, rnd: int | None, non_interactive: bool) -> None:
     """Take the annotators' answers into the corrections journal and write the cleaned data version."""
     from cleanloop.labeling import argilla_io as aio
     from cleanloop.labeling.journal import Journal
@@ -72,16 +123,20 @@ def pull(cfg: Config, home: str | None, rnd: int | None) -> None:
     rnd = rnd if rnd is not None else _latest_round(cfg) + 1
     original = load_workdir_data(cfg)
     client = aio.connect(cfg, home)
+    bar = _bar(non_interactive, None, "pull")
     with Journal(journal_path(cfg)) as journal:
         with aio.server_errors(cfg.argilla_url, "pull"):
-            result = pull_step(client, cfg, journal, original["train"], rnd)
+            result = pull_step(client, cfg, journal, original["train"], rnd,
+                               progress=bar.update if bar is not None else None)
+        if bar is not None:
+            bar.close()
         path = write_version(original, journal, versions_root(cfg), rnd)
         stats = round_stats(journal, rnd)
-    click.echo(f"pull: {result.new_votes:,} new answers, {len(result.decisions):,} new decisions "
-               f"({result.changed} corrected, {result.removed} removed, {len(result.open_ids)} tied and open)")
     agreement = "" if stats["agreement"] is None else f", agreement {stats['agreement']:.2f}"
-    click.echo(f"round {rnd}: {stats['reviewed']} reviewed, {stats['changed']} changed, {stats['removed']} removed"
-               f"{agreement}; version: {path}")
+    click.echo(f"pulled {result.new_votes:,} new answers, {len(result.decisions):,} new decisions ({result.changed} "
+               f"corrected, {result.removed} removed, {len(result.open_ids)} tied and open); round {rnd}: "
+               f"{stats['reviewed']} reviewed, {stats['changed']} changed, {stats['removed']} removed{agreement}; "
+               f"version: {path}")
 
 
 @app.command()
@@ -159,16 +214,6 @@ class ReviewProgress:
         self.last = -1
 
 
-def review_wait_options(func):
-    """--min-reviewed, --review-timeout, --poll-seconds: how a loop waits for the annotators."""
-    func = click.option("--poll-seconds", type=float, default=5.0, show_default=True,
-                        help="How often to ask Argilla.")(func)
-    func = click.option("--review-timeout", type=float, default=3600.0, show_default=True,
-                        help="Seconds to wait for answers; then go on with those there are.")(func)
-    return click.option("--min-reviewed", type=int, default=0, show_default=True,
-                        help="Go on once this many pushed records are answered (0: all of them).")(func)
-
-
 @app.command("retrain-loop")
 @config_options
 @_home_option
@@ -197,7 +242,8 @@ def retrain_loop(cfg: Config, home, rounds, min_reviewed, review_timeout, poll_s
         msg = {"train": lambda: f"trained on {res.get('train_examples')} examples: test accuracy "
                                 f"{res.get('test_accuracy', float('nan')):.2%}, macro F1 {res.get('test_macro_f1', float('nan')):.3f}",
                "flag": lambda: f"flagged {res.get('flagged')}, queued {res.get('queued')}",
-               "push": lambda: f"pushed {res.get('pushed')} records to {cfg.argilla_url}",
+               "push": lambda: f"{res.get('pushed')} records to review at {cfg.argilla_url}"
+                               + (f", {cfg.review_wave} pending at a time, most suspicious first" if cfg.review_wave else ""),
                "wait": lambda: f"{res.get('answered')} answered",
                "pull": lambda: f"{res.get('reviewed')} reviewed, {res.get('changed')} changed, {res.get('removed')} removed",
                "apply": lambda: f"data version {res.get('version')}",

@@ -71,6 +71,17 @@ def app(verbose: bool) -> None:
     )
     for noisy in ("httpx", "urllib3", "datasets", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # the Argilla SDK logs every field and metadata property it creates at INFO, and its client
+    # "Logged in as ..." on the root logger: only with --verbose
+    logging.getLogger("argilla").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_quiet_argilla_client)
+
+
+def _quiet_argilla_client(record: logging.LogRecord) -> bool:
+    """Drop the Argilla SDK client's INFO messages, which it sends to the root logger ("Argilla: ...")."""
+    return record.levelno > logging.INFO or record.name != "root" or not str(record.msg).startswith("Argilla: ")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.umask(0o077)  # what cleanloop and the processes it starts create is the user's only: files 0600, folders 0700
 
