@@ -45,6 +45,11 @@ class Config:
     max_train_samples: int = field(
         default=0, metadata={"help": "Train on a stratified sample of this many examples (0: all)."}
     )
+    label_descriptions: list[str] = field(
+        default_factory=list,
+        metadata={"help": "A short description per label, in label_names order (zero-shot suggestions for active "
+                          "learning); empty: the label names themselves."},
+    )
     # --- model ------------------------------------------------------------
     base_model: str = field(
         default=DEFAULT_BASE_MODEL,
