@@ -218,6 +218,7 @@ class BatchInfo:
     labels_at_push: int  # labels answered when it was queued
     pushed_at: float  # seconds since the session started
     pick_seconds: float
+    suggested: list[str] = field(default_factory=list)  # the pre-selected suggestion of each record
     seconds_to_next_batch: float | None = None  # this batch's last answer -> the next batch queued (0: in time)
     completed_at: float | None = None
     extra: dict = field(default_factory=dict)
@@ -316,7 +317,8 @@ def run_session(cfg: Config, opts: SessionOptions, *, pool: PoolData, embeddings
         push_step(connected(), acfg, queue, None, names, number, set(), flagged_by=(used,), guidelines=LABEL_GUIDELINES)
         pending[idx] = True
         info = BatchInfo(number, used, queue["id"].tolist(), "logreg" if head.clf is not None else "zero-shot",
-                         head.labels_seen, int((labels >= 0).sum()), round(clock() - start, 3), round(pick, 3))
+                         head.labels_seen, int((labels >= 0).sum()), round(clock() - start, 3), round(pick, 3),
+                         queue["suggested_label"].tolist())
         if batches and batches[-1].completed_at is not None and batches[-1].seconds_to_next_batch is None:
             batches[-1].seconds_to_next_batch = round(max(0.0, info.pushed_at - batches[-1].completed_at), 3)
         batches.append(info)
@@ -368,3 +370,42 @@ def run_session(cfg: Config, opts: SessionOptions, *, pool: PoolData, embeddings
         written = [int(p.name.split("-")[1]) for p in versions_root(acfg).glob("round-[0-9][0-9][0-9]")]
         write_version(original, journal, versions_root(acfg), max(written, default=0) + 1)
         journal.close()
+
+
+def session_summary(acfg: Config) -> dict | None:
+    """What a dataset card says about the active-learning session in ``acfg`` (the WORKDIR/active config):
+    labels, annotators, strategies, and the learning curve on the user's own data (the share of each
+    batch's pre-selected suggestions the annotators kept, against the labels the model had seen).
+    None when no session ran there."""
+    from cleanloop.labeling.journal import Journal
+    from cleanloop.loops.retrain import journal_path, loop_root
+
+    path = loop_root(acfg) / "session.json"
+    if not path.exists() or not journal_path(acfg).exists():
+        return None
+    batches = json.loads(path.read_text())["batches"]
+    with Journal(journal_path(acfg)) as journal:
+        decided = {i: d.new_label for i, d in journal.current().items() if d.action in ("corrected", "confirmed")}
+        votes = journal.votes()
+    by = {}
+    for v in votes:
+        by[v.annotator] = by.get(v.annotator, 0) + 1
+    curve = []
+    for b in batches:
+        kept = [s == decided[i] for i, s in zip(b["ids"], b.get("suggested", [])) if i in decided]
+        if kept:
+            curve.append(f"{b['model_labels']} labels: {np.mean(kept):.0%}")
+    strategies = list(dict.fromkeys(b["strategy"] for b in batches))
+    return {"Labelled by active learning": f"{len(decided):,} examples in {len(batches)} batches",
+            "Annotators": ", ".join(f"{a} ({n:,} answers)" for a, n in sorted(by.items())) or "none",
+            "Strategy": " then ".join(strategies),
+            "Learning curve (suggestions kept per batch, by labels the model had seen)": "; ".join(curve) or "none"}
+
+
+def labelled_only(version):
+    """A data version without its unlabelled (label -1) and discarded rows: what an active-learning export publishes."""
+    import datasets
+
+    return datasets.DatasetDict({s: ds.filter(lambda lbl, src: lbl >= 0 and src != "removed",
+                                              input_columns=["label", "label_source"]) for s, ds in version.items()})
+

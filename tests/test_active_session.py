@@ -168,6 +168,21 @@ def test_session_from_zero_labels_queues_ahead_and_goes_through_the_journal(tmp_
     version, _ = load_version(active_config(cfg).workpath / "versions" / "round-001")
     assert (np.asarray(version["train"]["label"]) >= 0).sum() == 12
 
+    # and out through `cleanloop export`: the labelled examples only, with a card saying how they were made
+    from click.testing import CliRunner
+
+    import cleanloop.cli  # noqa: F401  (registers the commands)
+    from cleanloop.cli.options import app
+
+    out = tmp_path / "export"
+    res = CliRunner().invoke(app, ["export", "--workdir", active_config(cfg).workdir, "--to", str(out)])
+    assert res.exit_code == 0, res.output
+    exported = pd.read_parquet(out / "data" / "train.parquet")
+    assert len(exported) == 12 and {NAMES[i] for i in exported["label"]} <= set(NAMES)
+    card = (out / "README.md").read_text()
+    assert "Labelled by active learning: 12 examples in 3 batches" in card and "Strategy: coverage then margin" in card
+    assert "annotator (12 answers)" in card and "Learning curve" in card
+
 
 def test_cli_says_what_is_missing_for_a_text_only_pool(tmp_path):
     from click.testing import CliRunner
