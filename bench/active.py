@@ -48,7 +48,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 from cleanloop.config import Config, load_config  # noqa: E402
 from cleanloop.labeling.server import credentials, down, up  # noqa: E402
 from cleanloop.loops import online  # noqa: E402
-from cleanloop.model.data import load_data  # noqa: E402
+from cleanloop.model.data import load_data, stratified_sample  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "emotion.toml"
 
@@ -88,8 +88,9 @@ class Annotator(threading.Thread):
                         continue
                 found = http.post(f"/api/v1/me/datasets/{ds_id}/records/search", params={"limit": 1000},
                                   json={}).json()["items"]
+                done = {ex for _, ex, _ in self.log}
                 todo = sorted(((item["record"]["metadata"] or {}).get("round", 0), item["record"]["external_id"],
-                               item["record"]["id"]) for item in found if not item["record"].get("responses"))
+                               item["record"]["id"]) for item in found if item["record"]["external_id"] not in done)
                 if not todo:
                     time.sleep(0.05)
                     continue
@@ -216,12 +217,15 @@ def load(args, cfg: Config) -> dict:
 
     dd = load_data(cfg.replace(label_names=[]))
     names = dd["train"].features["label"].names
+    train = dd["train"].to_pandas()
+    if args.pool_size and args.pool_size < len(train):
+        train = stratified_sample(train, args.pool_size, 0)
     pool_file = Path(args.workdir) / "pool.parquet"
     pool_file.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"id": dd["train"]["id"], "text": dd["train"]["text"]}).to_parquet(pool_file)
+    train[["id", "text"]].to_parquet(pool_file)
     pool = online.load_pool(cfg.replace(id_column="id"), str(pool_file))
     assert (pool.labels == -1).all() and pool.names == names
-    gold = np.asarray(dd["train"]["label"])
+    gold = train["label"].to_numpy()
     test = dd["test"]
     return {"pool": pool, "gold": gold, "truth": {i: names[g] for i, g in zip(pool.ids, gold)},
             "row": {i: n for n, i in enumerate(pool.ids)},
@@ -235,6 +239,7 @@ def main() -> None:
     ap.add_argument("--strategies", default="random,margin,diversity,badge")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--batch", type=int, default=20)
+    ap.add_argument("--pool-size", type=int, default=0, help="A stratified sample of the train split as the pool (0: all).")
     ap.add_argument("--max-labels", type=int, default=400)
     ap.add_argument("--answer-seconds", type=float, default=0.2, help="The simulated annotator's time per answer.")
     ap.add_argument("--poll-seconds", type=float, default=0.5, help="How often the session asks Argilla for answers.")
@@ -251,7 +256,7 @@ def main() -> None:
     print(f"pool {len(data['pool'].ids):,}, test {len(data['test_labels']):,}; embedded in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     y = data["test_labels"]
-    extra = {"zero_shot_names": float((online.zero_shot_probs(data["test_emb"], data["anchors_names"]).argmax(1) == y).mean()),
+    extra = {"pool": len(data["pool"].ids),"zero_shot_names": float((online.zero_shot_probs(data["test_emb"], data["anchors_names"]).argmax(1) == y).mean()),
              "zero_shot_descriptions": float((online.zero_shot_probs(data["test_emb"], data["anchors"]).argmax(1) == y).mean())}
     t1 = time.perf_counter()
     full = online.LightHead(data["anchors"]).fit(data["pool_emb"], data["gold"])
@@ -295,7 +300,7 @@ def write(args, runs: dict, targets: list[float], extra: dict, t0: float) -> Non
         "max_batches_behind": max(r["batches_behind"] for r in batches) if batches else None,
         "pick_seconds_p95": float(np.percentile([r["pick_seconds"] for r in batches], 95)) if batches else None,
         "settings": {k: v for k, v in vars(args).items() if k not in ("workdir", "output")} |
-                    {"pool": 16000, "test": 2000, "learner": "LightHead (logistic regression on MiniLM embeddings)"},
+                    {"pool": extra["pool"], "test": 2000, "learner": "LightHead (logistic regression on MiniLM embeddings)"},
         "runs": runs, "seconds": round(time.perf_counter() - t0, 1), "machine": machine(),
     }
     out = Path(args.output)
@@ -304,7 +309,7 @@ def write(args, runs: dict, targets: list[float], extra: dict, t0: float) -> Non
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(tmp, out)
     plot(runs, extra, out.with_suffix(".png"),
-         f"active learning from zero labels on emotion (pool 16,000, batches of {args.batch}, seeds {args.seeds})")
+         f"active learning from zero labels on emotion (pool {extra['pool']:,}, batches of {args.batch}, seeds {args.seeds})")
     print(f"-> {out}: seconds_to_next_batch {result['seconds_to_next_batch']}, max {result['max_batches_behind']} "
           f"batches behind; labels vs random {ratio}", flush=True)
 

@@ -73,13 +73,17 @@ def load_pool(cfg: Config, source: str | None = None) -> PoolData:
     The label names come from ``cfg.label_names``, else from the labels the pool has. Raises a
     one-line CleanloopError for a missing text column, an empty text, an unknown label or no label names.
     """
-    from cleanloop.model.data import _is_missing, _label_index, read_source, resolve_label_names, validate_split
+    from cleanloop.model.data import (RawSplit, _is_missing, _label_index, read_source, resolve_label_names,
+                                      validate_split)
 
     src = source or cfg.dataset
     raw = read_source(cfg.replace(dataset=src))
     if "train" not in raw:
         raise CleanloopError(f"{src}: no 'train' split (found {', '.join(raw)}); fix: name the pool's split train")
     rs = raw["train"]
+    if cfg.label_column in rs.frame.columns:  # an empty cell is an unlabelled row, not a label named ""
+        col = rs.frame[cfg.label_column]
+        rs = RawSplit(rs.frame.assign(**{cfg.label_column: col.where(col != "", None)}), rs.where, rs.label_names)
     names = resolve_label_names({"train": rs}, cfg)
     if len(names) < 2:
         raise CleanloopError(
@@ -139,9 +143,9 @@ def zero_shot_probs(embeddings: np.ndarray, anchors: np.ndarray, temperature: fl
 class LightHead:
     """Logistic regression on the cached embeddings, refitted in well under a second.
 
-    The label anchors join the training data as one example per label (weight ``anchor_weight``):
-    a class no annotator has labelled yet keeps a non-zero probability, and with zero labels the
-    head is the zero-shot model (:func:`zero_shot_probs`).
+    The label anchors join the training data as one example per label (weight ``anchor_weight``;
+    for a class no annotator has labelled yet, the weight of an average class), so such a class
+    can still be predicted; with zero labels the head is the zero-shot model (:func:`zero_shot_probs`).
     """
 
     def __init__(self, anchors: np.ndarray, *, C: float = 1.0, temperature: float = 0.05, anchor_weight: float = 1.0,
@@ -161,7 +165,9 @@ class LightHead:
         k = len(self.anchors)
         x = np.vstack([embeddings, self.anchors])
         y = np.concatenate([labels, np.arange(k)])
-        w = np.concatenate([np.ones(len(labels)), np.full(k, self.anchor_weight)])
+        counts = np.bincount(labels, minlength=k)
+        unseen = max(self.anchor_weight, len(labels) / k)  # a class nobody labelled yet weighs as an average one
+        w = np.concatenate([np.ones(len(labels)), np.where(counts == 0, unseen, self.anchor_weight)])
         self.clf = LogisticRegression(C=self.C, max_iter=500, random_state=self.seed).fit(x, y, sample_weight=w)
         return self
 

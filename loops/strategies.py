@@ -257,8 +257,8 @@ class Coverage(QueryStrategy):
         sizes = np.bincount(km.labels_, minlength=n)
         picks = [cand[np.flatnonzero(km.labels_ == c)[np.argmin(dist[km.labels_ == c])]]
                  for c in np.argsort(-sizes, kind="stable") if sizes[c]]
-        rest = _top(-dist, cand, n, rng)  # an empty cluster: fill with the next most typical rows
-        return np.asarray((picks + [i for i in rest if i not in set(picks)])[:n])
+        chosen = set(picks)  # an empty cluster: fill with the next most typical rows
+        return np.asarray((picks + [i for i in cand[np.argsort(dist, kind="stable")] if i not in chosen])[:n])
 
 
 class Badge(QueryStrategy):

@@ -112,8 +112,9 @@ class Annotator(threading.Thread):
                 found = [d for d in http.get("/api/v1/me/datasets").json()["items"] if d["name"] == self.dataset]
                 items = http.post(f"/api/v1/me/datasets/{found[0]['id']}/records/search", params={"limit": 1000},
                                   json={}).json()["items"] if found else []
+                done = {ex for _, ex in self.answers}
                 todo = sorted((it["record"]["metadata"]["round"], it["record"]["external_id"], it["record"]["id"])
-                              for it in items if not it["record"].get("responses"))
+                              for it in items if it["record"]["external_id"] not in done)
                 for batch, ex_id, rec_id in todo:
                     time.sleep(self.pause)
                     r = http.post(f"/api/v1/records/{rec_id}/responses",
