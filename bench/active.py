@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import sys
 import threading
@@ -111,7 +112,10 @@ class Annotator(threading.Thread):
 
 def run_one(strategy: str, seed: int, data: dict, args, cfg: Config, home: Path, keys: dict) -> dict:
     """One session from zero labels to --max-labels; the per-batch record and the curve."""
-    run_cfg = cfg.replace(workdir=str(Path(args.workdir) / "runs" / f"{strategy}-{seed}"),
+    folder = Path(args.workdir) / "runs" / f"{strategy}-{seed}"
+    if folder.exists():  # a fresh session each time (this folder is the bench's own)
+        shutil.rmtree(folder)
+    run_cfg = cfg.replace(workdir=str(folder),
                           argilla_dataset=f"bench-{strategy}-{seed}-{int(time.time())}")
     opts = online.SessionOptions(strategy=strategy, batch_size=args.batch, max_labels=args.max_labels,
                                  poll_seconds=args.poll_seconds, idle_timeout=120, seed=seed)

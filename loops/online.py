@@ -296,6 +296,13 @@ def run_session(cfg: Config, opts: SessionOptions, *, pool: PoolData, embeddings
         pending[[row[i] for i in b["ids"] if i in row]] = True
     labels = _labels_from_journal(pool, journal)
     pending &= labels == -1
+    if pending.any():
+        from cleanloop.labeling.argilla_io import get_dataset
+
+        if get_dataset(connected(), acfg) is None:  # the dataset was deleted: its records are not waiting anywhere
+            log.warning("Argilla dataset %r is gone: its %d unanswered records go back to the pool",
+                        acfg.argilla_dataset, int(pending.sum()))
+            pending[:] = False
 
     def refit() -> None:
         lab = np.flatnonzero(labels >= 0)
