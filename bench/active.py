@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, machine
+from common import RESULTS, machine, use_device
 
 # bench/ holds argilla.py: drop the folder from the path so `import argilla` is the SDK, not that script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -250,7 +250,10 @@ def main() -> None:
     ap.add_argument("--targets", default="0.5,0.55,0.6,0.85", help="Test accuracies to report the labels needed for.")
     ap.add_argument("--workdir", default=str(Path(__file__).resolve().parent / "out" / "active"))
     ap.add_argument("--output", default=str(RESULTS / "active.json"))
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="Where the encoder runs (embedding): auto = a GPU when there is one.")
     args = ap.parse_args()
+    use_device(args.device)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     work = Path(args.workdir).absolute()
     args.workdir = str(work)

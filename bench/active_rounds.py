@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, machine
+from common import RESULTS, machine, use_device
 
 from cleanloop.config import Config
 from cleanloop.loops.active import (ActiveOptions, EmbeddingLogReg, FinetuneLearner, SetFitLearner, fit_and_score,
@@ -227,7 +227,10 @@ def main() -> None:
     ap.add_argument("--workdir", default=str(Path(__file__).resolve().parent / "out" / "active"))
     ap.add_argument("--output", default=str(RESULTS / "active_rounds.json"), help="JSON path; the PNG goes next to it.")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="Combine the curves of earlier runs' JSON files.")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="Where the encoder runs (embedding, SetFit and fine-tuning): auto = a GPU when there is one.")
     args = ap.parse_args()
+    use_device(args.device)
     if args.merge:
         return merge([Path(p) for p in args.merge], Path(args.output))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
