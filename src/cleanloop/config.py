@@ -47,8 +47,8 @@ class Config:
     )
     label_descriptions: list[str] = field(
         default_factory=list,
-        metadata={"help": "A short description per label, in label_names order (zero-shot suggestions for active "
-                          "learning); empty: the label names themselves."},
+        metadata={"help": "A short description per label, in label_names order, for active learning's zero-shot "
+                          "suggestions (descriptions with commas: a list in the TOML); empty: the label names."},
     )
     # --- model ------------------------------------------------------------
     base_model: str = field(
