@@ -1,38 +1,31 @@
-"""Active-learning benchmark: labels each query strategy needs to reach 85% test accuracy on emotion.
+"""Active-learning benchmark: a responsive session (``cleanloop active``) from zero labels, with a simulated annotator.
 
-A simulation, no Argilla: the gold labels are the annotator. Each strategy starts from 8 labels
-per class (drawn with the seed), then adds batches of 64 picked by the strategy until 2,048
-labels, retraining after each batch; test accuracy and macro F1 at every step, over 3 seeds.
+The emotion train split (16,000 tweets) is written out with its text and ids only: that is the pool,
+loaded by the same code as a user's file (:func:`online.load_pool` with the config's label names).
+The gold labels are used only by the simulated annotator, a thread that works like a person in the
+Argilla UI: it fetches the pending records through the UI's REST endpoints (oldest batch first),
+answers one every ``--answer-seconds`` (``POST /api/v1/records/{id}/responses``) and, when nothing
+is pending, waits and looks again. The session (:func:`online.run_session`) runs unchanged against
+the real embedded Argilla server: cold start (coverage + zero-shot suggestions), then the light head
+refitted as answers arrive and the next batch queued once half a batch is left.
 
-Models (``--model``):
-  setfit-finetune  what ``cleanloop active`` runs: SetFit on the packaged MiniLM below
-                   --switch-per-class labels per class, the fine-tuned classifier from there on
-                   (hours on 2 CPU cores for the full grid)
-  logreg           the fast path: logistic regression on the packaged MiniLM's sentence embeddings,
-                   computed once for the pool and the test split (minutes)
+Measured, per strategy and seed (batches of ``--batch``, up to ``--max-labels`` labels):
 
-    python bench/active.py                       # the full grid -> bench/results/active.json + .png
-    python bench/active.py --strategies random,margin,diversity --seeds 0 --pool-size 6000 --growth 0.25 \
-        --stop-at-target --random-from 600   # what fits in ~2 hours of 2 CPU cores (settings in the JSON)
-    python bench/active.py --model logreg        # fast path
-    python bench/active.py --strategies random,margin --seeds 0 --max-labels 128 --model logreg \\
-        --pool-size 2000 --test-size 500 --output /tmp/active.json      # a smoke run
+* the learning curve: test accuracy (the full 2,000-tweet test split) of the head that picked each
+  batch, against the labels it had seen, and of the head on all labels at the end;
+* ``seconds_to_next_batch``: from the annotator's last answer of a batch to its first record of the
+  next batch in hand (what the annotator waits, including the REST round trip), p50 / p95 over all batches;
+* staleness: labels the annotator had given when it started a batch minus the labels the head that
+  picked that batch had seen, in batches (goal: at most one);
+* labels to reach each ``--targets`` test accuracy (median over seeds, min-max), against random;
+* zero-shot accuracy of the cold-start suggestions (label names; the config's label descriptions),
+  and the same head trained on all 16,000 gold labels (the ceiling of the light head).
 
-``--growth g`` makes each batch max(--batch, g x labels so far, rounded to 64): fewer retrainings for
-the same label range (the CPU budget), coarser curves. ``--stop-at-target`` ends a curve at its first
-step at or above the target. ``--random-from n`` trains random only from n labels on: it picks
-without the model, so its labelled sets are the same as in a full run. ``--min-train-examples``
-(``ActiveOptions.min_train_examples``, 10,000) raises the fine-tuning epochs on small labelled sets
-so that every fine-tune sees at least that many examples (a few hundred labels x 4 epochs is too
-few optimizer steps).
+    python bench/active.py                                   # 4 strategies x 3 seeds, ~25 min on 2 CPU cores
+    python bench/active.py --strategies random,margin --seeds 0 --max-labels 60 --output /tmp/active.json  # smoke
 
-Writes ``{"target_accuracy", "labels_to_target": {strategy: n or null}, "curves": {...}}`` (labels to
-target: a seed's first step at or above the target, averaged over seeds; null when a seed never
-reached it) and the learning curves as a PNG next to it. The JSON is rewritten after every finished
-strategy, so an interrupted run keeps what it measured. Strategies run in separate processes (one
-per core) combine with ``--merge``::
-
-    python bench/active.py --merge margin.json random.json     # -> --output (+ .png), nothing trained
+Writes bench/results/active.json and active.png. The pool and test embeddings are computed once and
+cached under --workdir (not committed).
 """
 
 from __future__ import annotations
@@ -40,233 +33,291 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import socket
+import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, machine
+from common import RESULTS, machine, use_device
 
-from cleanloop.atomic import write_text
-from cleanloop.config import Config
-from cleanloop.loops.active import (ActiveOptions, EmbeddingLogReg, FinetuneLearner, SetFitLearner, fit_and_score,
-                                    learner_kind, seed_indices)
-from cleanloop.loops.strategies import STRATEGIES, Pool, make_strategy
-from cleanloop.model.data import load_data
-from cleanloop.model.train import extract_features
+# bench/ holds argilla.py: drop the folder from the path so `import argilla` is the SDK, not that script.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-TARGET = 0.85
-# the issue's measured plain fine-tune of the packaged MiniLM on random labels: labels -> test accuracy
-REFERENCE_FINETUNE_RANDOM = {48: 0.51, 192: 0.64, 384: 0.74, 768: 0.80, 1536: 0.85}
+from cleanloop.atomic import write_text  # noqa: E402
+from cleanloop.config import Config, load_config  # noqa: E402
+from cleanloop.labeling.server import credentials, down, up  # noqa: E402
+from cleanloop.loops import online  # noqa: E402
+from cleanloop.model.data import load_data, stratified_sample  # noqa: E402
 
-
-def simulate(strategy_name: str, seed: int, data: dict, args, workdir: Path) -> list[dict]:
-    """One learning curve: [{labels, model, test_accuracy, test_macro_f1, seconds}, ...]."""
-    names, texts, gold = data["names"], data["pool_texts"], data["pool_labels"]
-    rng = np.random.default_rng(seed)
-    strategy = make_strategy(strategy_name)
-    votes = np.zeros(len(gold), dtype=int)  # labels the simulated annotator gave each pool example
-    votes[seed_indices(gold, args.seed_per_class, rng)] = 1
-    opts = ActiveOptions(setfit_iterations=args.setfit_iterations, switch_per_class=args.switch_per_class,
-                         min_train_examples=args.min_train_examples)
-    curve = []
-    while True:
-        lab = np.flatnonzero(votes > 0)
-        spent = int(votes.sum())
-        if strategy_name == "random" and spent < args.random_from:  # its picks never look at the model
-            probs = np.full((len(gold), len(names)), 1.0 / len(names))
-        else:
-            cfg = Config(workdir=str(workdir), seed=seed, max_length=64, epochs=args.epochs)
-            kind = "logreg" if args.model == "logreg" else learner_kind(gold[lab], len(names), args.switch_per_class)
-            learner = {"logreg": lambda: EmbeddingLogReg(data["embed"], seed),
-                       "setfit": lambda: SetFitLearner(opts, seed),
-                       "finetune": lambda: FinetuneLearner(cfg, workdir / f"{strategy_name}-{seed}" / "model",
-                                                           opts.min_train_examples)}[kind]()
-            t0 = time.perf_counter()
-            probs, metrics = fit_and_score(learner, [texts[i] for i in lab], gold[lab], names, texts,
-                                           data["test_texts"], data["test_labels"])
-            curve.append({"labels": spent, "model": kind, **metrics, "seconds": round(time.perf_counter() - t0, 2)})
-            print(f"  {strategy_name:16s} seed {seed}  {spent:5d} labels  {kind:8s}  accuracy "
-                  f"{metrics['test_accuracy']:.3f}  macro F1 {metrics['test_macro_f1']:.3f}", flush=True)
-            if spent >= args.max_labels or (args.stop_at_target and metrics["test_accuracy"] >= args.target):
-                return curve
-        annotations = None
-        if strategy.relabels:  # every vote is the gold label; one column per vote
-            annotations = np.full((len(gold), max(1, votes.max())), np.nan)
-            for k in range(annotations.shape[1]):
-                annotations[votes > k, k] = gold[votes > k]
-        pool = Pool(probs, votes > 0, data["pool_embeddings"], annotations)
-        idx = strategy.query(pool, min(next_batch(spent, args.batch, args.growth), args.max_labels - spent), rng)
-        votes[idx] += 1
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "emotion.toml"
 
 
-def next_batch(spent: int, batch: int, growth: float) -> int:
-    """Labels to add after ``spent``: ``batch``, or ``growth`` x spent rounded to 64 when larger.
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
-    >>> [next_batch(n, 64, 0.0) for n in (48, 1000)], [next_batch(n, 64, 0.25) for n in (48, 384, 1000)]
-    ([64, 64], [64, 128, 256])
+
+class Annotator(threading.Thread):
+    """Answers pending records with their gold label at a fixed rate, through the UI's REST endpoints.
+
+    ``log``: (time, example id, batch) per answer; ``got``: batch -> time its first record was in hand.
     """
-    return max(batch, int(round(growth * spent / 64)) * 64)
+
+    def __init__(self, url: str, key: str, dataset: str, truth: dict[str, str], answer_seconds: float, clock):
+        super().__init__(daemon=True)
+        self.url, self.key, self.dataset, self.truth, self.answer_seconds, self.clock = url, key, dataset, truth, \
+            answer_seconds, clock
+        self.stop = threading.Event()
+        self.log: list[tuple[float, str, int]] = []
+        self.got: dict[int, float] = {}
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        import httpx
+
+        with httpx.Client(base_url=self.url, headers={"X-Argilla-Api-Key": self.key}, timeout=60) as http:
+            ds_id = None
+            while not self.stop.is_set():
+                if ds_id is None:
+                    items = http.get("/api/v1/me/datasets").json()["items"]
+                    ds_id = next((d["id"] for d in items if d["name"] == self.dataset), None)
+                    if ds_id is None:
+                        time.sleep(0.05)
+                        continue
+                found = http.post(f"/api/v1/me/datasets/{ds_id}/records/search", params={"limit": 1000},
+                                  json={}).json()["items"]
+                done = {ex for _, ex, _ in self.log}
+                todo = sorted(((item["record"]["metadata"] or {}).get("round", 0), item["record"]["external_id"],
+                               item["record"]["id"]) for item in found if item["record"]["external_id"] not in done)
+                if not todo:
+                    time.sleep(0.05)
+                    continue
+                now = self.clock()
+                for batch, _, _ in todo:
+                    self.got.setdefault(batch, now)
+                for batch, ex_id, rec_id in todo:
+                    if self.stop.is_set():
+                        return
+                    time.sleep(self.answer_seconds)
+                    r = http.post(f"/api/v1/records/{rec_id}/responses",
+                                  json={"values": {"label": {"value": self.truth[ex_id]}}, "status": "submitted"})
+                    if r.status_code != 201:
+                        self.errors.append(f"{r.status_code}: {r.text[:200]}")
+                        continue
+                    self.log.append((self.clock(), ex_id, batch))
 
 
-def summarise(curves: dict, target: float) -> tuple[dict, dict]:
-    """Seed-mean curves per strategy (over the steps every seed ran) and the labels to ``target``:
-    each seed's first step at or above it, averaged over seeds; None when a seed never reached it."""
-    out, to_target = {}, {}
-    for name, runs in curves.items():
-        steps = min(len(r) for r in runs.values())
-        acc = np.array([[s["test_accuracy"] for s in r[:steps]] for r in runs.values()])
-        f1 = np.array([[s["test_macro_f1"] for s in r[:steps]] for r in runs.values()])
-        labels = [s["labels"] for s in next(iter(runs.values()))[:steps]]
-        firsts = [next((s["labels"] for s in r if s["test_accuracy"] >= target), None) for r in runs.values()]
-        to_target[name] = None if None in firsts else int(round(np.mean(firsts)))
-        out[name] = {"labels": labels, "accuracy_mean": acc.mean(0).round(4).tolist(),
-                     "accuracy_std": acc.std(0).round(4).tolist(), "macro_f1_mean": f1.mean(0).round(4).tolist(),
-                     "macro_f1_std": f1.std(0).round(4).tolist(), "per_seed": runs}
-    return out, to_target
+def run_one(strategy: str, seed: int, data: dict, args, cfg: Config, home: Path, keys: dict) -> dict:
+    """One session from zero labels to --max-labels; the per-batch record and the curve."""
+    folder = Path(args.workdir) / "runs" / f"{strategy}-{seed}"
+    if folder.exists():  # a fresh session each time (this folder is the bench's own)
+        shutil.rmtree(folder)
+    run_cfg = cfg.replace(workdir=str(folder),
+                          argilla_dataset=f"bench-{strategy}-{seed}-{int(time.time())}")
+    opts = online.SessionOptions(strategy=strategy, batch_size=args.batch, max_labels=args.max_labels,
+                                 poll_seconds=args.poll_seconds, idle_timeout=120, seed=seed)
+    clock = time.monotonic
+    annotator = Annotator(cfg.argilla_url, keys["annotator"], run_cfg.argilla_dataset + "-label", data["truth"],
+                          args.answer_seconds, clock)
+    curve = []
+
+    def on_batch(info, head):
+        acc = float((head.predict_proba(data["test_emb"]).argmax(1) == data["test_labels"]).mean())
+        curve.append({"labels": info.model_labels, "test_accuracy": round(acc, 4), "model": info.model})
+
+    start = clock()
+    annotator.start()
+    try:
+        batches = online.run_session(run_cfg, opts, pool=data["pool"], embeddings=data["pool_emb"],
+                                     anchors=data["anchors"], home=home, on_batch=on_batch, clock=clock)
+    finally:
+        annotator.stop.set()
+        annotator.join(timeout=30)
+    if annotator.errors:
+        raise SystemExit(f"annotator errors: {annotator.errors[:3]}")
+    gold = {i: lbl for i, lbl in zip(data["pool"].ids, data["gold"])}
+    labelled = [ex for _, ex, _ in annotator.log]
+    idx = [data["row"][ex] for ex in labelled]
+    head = online.LightHead(data["anchors"], seed=seed).fit(data["pool_emb"][idx], np.array([gold[ex] for ex in labelled]))
+    final_acc = float((head.predict_proba(data["test_emb"]).argmax(1) == data["test_labels"]).mean())
+    curve.append({"labels": len(labelled), "test_accuracy": round(final_acc, 4), "model": "logreg"})
+    # annotator-side timing and staleness, per batch
+    last_answer, first_answer, answered_before = {}, {}, {}
+    for n, (t, _, b) in enumerate(annotator.log):
+        last_answer[b] = t
+        if b not in first_answer:
+            first_answer[b], answered_before[b] = t, n
+    rows = []
+    for info in batches:
+        b = info.batch
+        prev_done = last_answer.get(b - 1)
+        wait = None if prev_done is None or b not in annotator.got else round(max(0.0, annotator.got[b] - prev_done), 3)
+        behind = (answered_before.get(b, info.labels_at_push) - info.model_labels) / args.batch
+        rows.append({"batch": b, "strategy": info.strategy, "model": info.model, "model_labels": info.model_labels,
+                     "labels_at_push": info.labels_at_push, "labels_at_start": answered_before.get(b),
+                     "batches_behind": round(behind, 2), "pick_seconds": info.pick_seconds,
+                     "seconds_to_next_batch": wait, "session_seconds_to_next_batch": info.seconds_to_next_batch})
+    waits = [r["seconds_to_next_batch"] for r in rows if r["seconds_to_next_batch"] is not None]
+    print(f"  {strategy:10s} seed {seed}: {len(labelled)} labels in {clock() - start:.0f} s, accuracy "
+          f"{curve[0]['test_accuracy']:.3f} -> {final_acc:.3f}; wait p95 {np.percentile(waits, 95) if waits else 0:.2f} s, "
+          f"max {max(r['batches_behind'] for r in rows):.2f} batches behind", flush=True)
+    return {"curve": curve, "batches": rows}
 
 
-def plot(curves: dict, target: float, title: str, path: Path) -> None:
+def labels_to(curve: list[dict], target: float) -> int | None:
+    return next((p["labels"] for p in curve if p["test_accuracy"] >= target), None)
+
+
+def summarise(runs: dict, targets: list[float]) -> dict:
+    out = {}
+    for name, seeds in runs.items():
+        per = {}
+        for t in targets:
+            firsts = [labels_to(r["curve"], t) for r in seeds.values()]
+            got = [f for f in firsts if f is not None]
+            per[f"{t:.2f}"] = {"median": float(np.median(got)) if len(got) == len(firsts) else None,
+                               "min": min(got) if got else None, "max": max(got) if got else None,
+                               "per_seed": firsts}
+        finals = [r["curve"][-1]["test_accuracy"] for r in seeds.values()]
+        out[name] = {"labels_to_target": per, "final_labels": seeds[next(iter(seeds))]["curve"][-1]["labels"],
+                     "final_accuracy_median": float(np.median(finals)), "final_accuracy_min": min(finals),
+                     "final_accuracy_max": max(finals)}
+    return out
+
+
+def plot(runs: dict, extra: dict, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for key, ax in zip(("accuracy", "macro_f1"), axes):
-        for name, c in curves.items():
-            mean, std = np.array(c[f"{key}_mean"]), np.array(c[f"{key}_std"])
-            ax.plot(c["labels"], mean, "o-" if name == "random" else ".-", ms=3, label=name,
-                    lw=2.2 if name == "random" else 1.4)
-            ax.fill_between(c["labels"], mean - std, mean + std, alpha=0.15)
-        if key == "accuracy":
-            ax.axhline(target, color="grey", ls="--", lw=1)
-            ref = REFERENCE_FINETUNE_RANDOM
-            ax.plot(list(ref), list(ref.values()), "kx:", label="fine-tune, random (issue)")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("labels")
-        ax.set_ylabel(f"test {key.replace('_', ' ')}")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for name, seeds in runs.items():
+        grid = sorted({p["labels"] for r in seeds.values() for p in r["curve"]})
+        acc = np.array([np.interp(grid, [p["labels"] for p in r["curve"]], [p["test_accuracy"] for p in r["curve"]])
+                        for r in seeds.values()])
+        ax.plot(grid, np.median(acc, 0), "o-" if name == "random" else ".-", ms=3, lw=2 if name == "random" else 1.4,
+                label=name)
+        ax.fill_between(grid, acc.min(0), acc.max(0), alpha=0.15)
+    for key, style in (("zero_shot_names", ":"), ("zero_shot_descriptions", "-."), ("logreg_all_labels", "--")):
+        if extra.get(key) is not None:
+            ax.axhline(extra[key], color="grey", ls=style, lw=1, label=f"{key.replace('_', ' ')} {extra[key]:.1%}")
+    ax.set_xlabel("labels (seen by the model)")
+    ax.set_ylabel("test accuracy (2,000)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write_result(result: dict, curves: dict, output: Path, title: str) -> None:
-    """The JSON (temp file + rename) and the learning-curve PNG next to it."""
-    write_text(output, json.dumps(result, indent=2) + "\n")
-    plot(curves, result["target_accuracy"], title, output.with_suffix(".png"))
+def load(args, cfg: Config) -> dict:
+    """The pool as a text-only file loaded like a user's, gold labels aside, and the embeddings (cached)."""
+    import pandas as pd
 
-
-def merge(paths: list[Path], output: Path) -> None:
-    """One result from runs of different strategies with the same settings (their per-seed curves)."""
-    runs = [json.loads(p.read_text()) for p in paths]
-    keys = ("model", "seeds", "seed_per_class", "batch", "growth", "max_labels", "switch_per_class", "epochs",
-            "min_train_examples", "pool", "test", "target")
-    differ = [k for k in keys if len({json.dumps(r["settings"].get(k)) for r in runs}) > 1]
-    if differ:
-        raise SystemExit(f"cannot merge runs whose settings differ in {differ}")
-    raw = {name: c["per_seed"] for r in runs for name, c in r["curves"].items()}
-    curves, to_target = summarise(raw, runs[0]["target_accuracy"])
-    settings = runs[0]["settings"] | {"strategies": ",".join(raw), "merged_from": [str(p) for p in paths]}
-    result = {**runs[0], "labels_to_target": to_target, "curves": curves, "settings": settings,
-              "seconds": round(sum(r["seconds"] for r in runs), 1)}
-    write_result(result, curves, output, _title(settings))
-    print(f"labels to target: {to_target} -> {output}")
-
-
-def _title(settings: dict) -> str:
-    return (f"active learning on emotion ({settings['model']}; pool {settings['pool']:,}, test {settings['test']:,}, "
-            f"seeds {settings['seeds']})")
-
-
-def load(args, workdir: Path) -> dict:
-    """Pool (train, optionally a stratified sample), test (optionally a sample), embeddings computed once."""
-    cfg = Config(workdir=str(workdir), seed=0, max_train_samples=args.pool_size)
-    dd = load_data(cfg)
+    dd = load_data(cfg.replace(label_names=[]))
+    names = dd["train"].features["label"].names
+    train = dd["train"].to_pandas()
+    if args.pool_size and args.pool_size < len(train):
+        train = stratified_sample(train, args.pool_size, 0)
+    pool_file = Path(args.workdir) / "pool.parquet"
+    pool_file.parent.mkdir(parents=True, exist_ok=True)
+    train[["id", "text"]].to_parquet(pool_file)
+    pool = online.load_pool(cfg.replace(id_column="id"), str(pool_file))
+    assert (pool.labels == -1).all() and pool.names == names
+    gold = train["label"].to_numpy()
     test = dd["test"]
-    if args.test_size and args.test_size < len(test):
-        test = test.shuffle(seed=0).select(range(args.test_size))
-    pool_emb = extract_features(cfg, dd["train"])
-    need_test_emb = args.model == "logreg"
-    lookup = {}
-    if need_test_emb:
-        lookup = dict(zip(test["text"], extract_features(cfg, test)))
-    lookup.update(zip(dd["train"]["text"], pool_emb))
-    return {"names": dd["train"].features["label"].names, "pool_texts": list(dd["train"]["text"]),
-            "pool_labels": np.asarray(dd["train"]["label"]), "pool_embeddings": pool_emb,
-            "test_texts": list(test["text"]), "test_labels": np.asarray(test["label"]),
-            "embed": lambda ts: np.stack([lookup[t] for t in ts])}
+    return {"pool": pool, "gold": gold, "truth": {i: names[g] for i, g in zip(pool.ids, gold)},
+            "row": {i: n for n, i in enumerate(pool.ids)},
+            "pool_emb": online.embed(cfg, pool.ids, pool.texts), "test_emb": online.embed(cfg, test["id"], test["text"]),
+            "test_labels": np.asarray(test["label"]), "anchors": online.label_anchors(cfg, names),
+            "anchors_names": online.label_anchors(cfg.replace(label_descriptions=[]), names)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--strategies", default=",".join(STRATEGIES), help="Comma-separated (default: all).")
+    ap.add_argument("--strategies", default="random,margin,diversity,badge")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--model", choices=("setfit-finetune", "logreg"), default="setfit-finetune")
-    ap.add_argument("--seed-per-class", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--max-labels", type=int, default=2048)
-    ap.add_argument("--switch-per-class", type=int, default=ActiveOptions.switch_per_class)
-    ap.add_argument("--setfit-iterations", type=int, default=ActiveOptions.setfit_iterations)
-    ap.add_argument("--epochs", type=float, default=4.0, help="Fine-tuning epochs after the switch.")
-    ap.add_argument("--min-train-examples", type=int, default=ActiveOptions.min_train_examples,
-                    help="Raise the fine-tuning epochs so each fine-tune sees at least this many examples.")
-    ap.add_argument("--growth", type=float, default=0.0, help="Batch = max(--batch, growth x labels so far).")
-    ap.add_argument("--stop-at-target", action="store_true", help="End each curve once it reaches --target.")
-    ap.add_argument("--random-from", type=int, default=0,
-                    help="Train and evaluate random only from this many labels on (the CPU budget): its picks never "
-                         "depend on the model, so they are the same; its curve starts there.")
-    ap.add_argument("--target", type=float, default=TARGET)
-    ap.add_argument("--pool-size", type=int, default=0, help="Stratified sample of the train split as the pool (0: all).")
-    ap.add_argument("--test-size", type=int, default=0, help="Random sample of the test split (0: all 2,000).")
+    ap.add_argument("--batch", type=int, default=20)
+    ap.add_argument("--pool-size", type=int, default=0, help="A stratified sample of the train split as the pool (0: all).")
+    ap.add_argument("--max-labels", type=int, default=400)
+    ap.add_argument("--answer-seconds", type=float, default=0.2, help="The simulated annotator's time per answer.")
+    ap.add_argument("--poll-seconds", type=float, default=0.5, help="How often the session asks Argilla for answers.")
+    ap.add_argument("--targets", default="0.5,0.55,0.6,0.85", help="Test accuracies to report the labels needed for.")
     ap.add_argument("--workdir", default=str(Path(__file__).resolve().parent / "out" / "active"))
-    ap.add_argument("--output", default=str(RESULTS / "active.json"), help="JSON path; the PNG goes next to it.")
-    ap.add_argument("--merge", nargs="+", metavar="JSON", help="Combine the curves of earlier runs' JSON files.")
+    ap.add_argument("--output", default=str(RESULTS / "active.json"))
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="Where the encoder runs (embedding): auto = a GPU when there is one.")
     args = ap.parse_args()
-    if args.merge:
-        return merge([Path(p) for p in args.merge], Path(args.output))
+    use_device(args.device)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-    workdir, output = Path(args.workdir), Path(args.output)
-    names = [s for s in args.strategies.split(",") if s]
-    unknown = [s for s in names if s not in STRATEGIES]
-    if unknown or not names:
-        raise SystemExit(f"no or unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    work = Path(args.workdir).absolute()
+    args.workdir = str(work)
+    cfg = load_config(CONFIG, workdir=str(work), argilla_url=f"http://127.0.0.1:{_free_port()}", argilla_workers=1)
     t0 = time.perf_counter()
-    data = load(args, workdir)
-    print(f"pool {len(data['pool_texts']):,}, test {len(data['test_texts']):,}, embedded in "
+    data = load(args, cfg)
+    print(f"pool {len(data['pool'].ids):,}, test {len(data['test_labels']):,}; embedded in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
-    raw: dict = {}
+    y = data["test_labels"]
+    extra = {"pool": len(data["pool"].ids),"zero_shot_names": float((online.zero_shot_probs(data["test_emb"], data["anchors_names"]).argmax(1) == y).mean()),
+             "zero_shot_descriptions": float((online.zero_shot_probs(data["test_emb"], data["anchors"]).argmax(1) == y).mean())}
+    t1 = time.perf_counter()
+    full = online.LightHead(data["anchors"]).fit(data["pool_emb"], data["gold"])
+    extra["logreg_all_labels_fit_seconds"] = round(time.perf_counter() - t1, 2)
+    extra["logreg_all_labels"] = float((full.predict_proba(data["test_emb"]).argmax(1) == y).mean())
+    print(f"zero-shot accuracy: names {extra['zero_shot_names']:.3f}, descriptions {extra['zero_shot_descriptions']:.3f}; "
+          f"light head on all {len(data['gold']):,} labels {extra['logreg_all_labels']:.3f}", flush=True)
 
-    def write() -> tuple[dict, dict]:
-        curves, to_target = summarise(raw, args.target)
-        result = {
-            "target_accuracy": args.target,
-            "labels_to_target": to_target,
-            "curves": curves,
-            "settings": {k: v for k, v in vars(args).items() if k not in ("workdir", "output")} |
-                        {"pool": len(data["pool_texts"]), "test": len(data["test_texts"])},
-            "reference_finetune_random": REFERENCE_FINETUNE_RANDOM,
-            "seconds": round(time.perf_counter() - t0, 1),
-            "machine": machine(),
-        }
-        write_result(result, curves, output, _title(result["settings"]))
-        return curves, to_target
+    home = work / "argilla"
+    up(cfg, home, timeout=300)
+    runs: dict = {}
+    targets = [float(t) for t in args.targets.split(",")]
+    try:
+        creds = credentials(cfg, home)
+        os.environ["ARGILLA_API_KEY"] = creds["owner"].api_key
+        keys = {"annotator": creds["annotator"].api_key}
+        for name in args.strategies.split(","):
+            runs[name] = {str(s): run_one(name, s, data, args, cfg, home, keys) for s in map(int, args.seeds.split(","))}
+            write(args, runs, targets, extra, t0)
+    finally:
+        down(cfg, home)
 
-    for name in names:
-        raw[name] = {str(seed): simulate(name, seed, data, args, workdir) for seed in seeds}
-        curves, to_target = write()  # after every strategy: an interrupted run keeps what it measured
-    random_n = to_target.get("random")
-    print(f"\nlabels to {args.target:.0%} test accuracy (seed mean):")
-    for name, n in to_target.items():
-        vs = f"  ({n / random_n:.2f} x random)" if n and random_n else ""
-        print(f"  {name:16s} {n if n is not None else 'not reached'}{vs}")
-    last = {name: (c["labels"][-1], c["accuracy_mean"][-1]) for name, c in curves.items()}
-    print("last step: " + ", ".join(f"{k} {a:.3f} at {n}" for k, (n, a) in last.items()))
-    print(f"wrote {output} and {output.with_suffix('.png')}")
+
+def write(args, runs: dict, targets: list[float], extra: dict, t0: float) -> None:
+    summary = summarise(runs, targets)
+    batches = [r for seeds in runs.values() for run in seeds.values() for r in run["batches"]]
+    waits = [r["seconds_to_next_batch"] for r in batches if r["seconds_to_next_batch"] is not None]
+    random_n = {t: summary.get("random", {}).get("labels_to_target", {}).get(f"{t:.2f}", {}).get("median") for t in targets}
+    ratio = {name: {f"{t:.2f}": (round(s["labels_to_target"][f"{t:.2f}"]["median"] / random_n[t], 3)
+                                 if random_n[t] and s["labels_to_target"][f"{t:.2f}"]["median"] else None)
+                    for t in targets} for name, s in summary.items()}
+    result = {
+        "zero_shot_accuracy": {"label_names": round(extra["zero_shot_names"], 4),
+                               "label_descriptions": round(extra["zero_shot_descriptions"], 4)},
+        "light_head_all_labels_accuracy": round(extra["logreg_all_labels"], 4),
+        "light_head_all_labels_fit_seconds": extra["logreg_all_labels_fit_seconds"],
+        "summary": summary, "labels_vs_random": ratio,
+        "seconds_to_next_batch": {"p50": float(np.percentile(waits, 50)) if waits else None,
+                                  "p95": float(np.percentile(waits, 95)) if waits else None,
+                                  "max": max(waits) if waits else None, "batches": len(waits)},
+        "max_batches_behind": max(r["batches_behind"] for r in batches) if batches else None,
+        "pick_seconds_p95": float(np.percentile([r["pick_seconds"] for r in batches], 95)) if batches else None,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("workdir", "output")} |
+                    {"pool": extra["pool"], "test": 2000, "learner": "LightHead (logistic regression on MiniLM embeddings)"},
+        "runs": runs, "seconds": round(time.perf_counter() - t0, 1), "machine": machine(),
+    }
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text(out, json.dumps(result, indent=2) + "\n")
+    plot(runs, extra, out.with_suffix(".png"),
+         f"active learning from zero labels on emotion (pool {extra['pool']:,}, batches of {args.batch}, seeds {args.seeds})")
+    print(f"-> {out}: seconds_to_next_batch {result['seconds_to_next_batch']}, max {result['max_batches_behind']} "
+          f"batches behind; labels vs random {ratio}", flush=True)
 
 
 if __name__ == "__main__":

@@ -54,3 +54,14 @@ def update_results(name: str, part: dict) -> Path:
             data[key] = val
     data["machine"] = machine()
     return write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def use_device(name: str) -> None:
+    """``--device``: ``cpu`` hides the GPUs (call before any CUDA use), ``cuda`` insists on one, ``auto`` takes what there is."""
+    if name == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    elif name == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device here; fix: run on a GPU machine or pass --device cpu")

@@ -18,7 +18,7 @@ more worth labelling); the base picks the top ``n`` unlabelled rows. Adding one 
 >>> LeastConfidence().query(pool, 2, np.random.default_rng(0)).tolist()
 [3, 2]
 >>> sorted(STRATEGIES)
-['activelab', 'diversity', 'entropy', 'least_confidence', 'margin', 'random']
+['activelab', 'badge', 'coverage', 'diversity', 'entropy', 'least_confidence', 'margin', 'random']
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 
 from cleanloop.errors import CleanloopError
 
-__all__ = ["STRATEGIES", "ActiveLab", "DiverseBatch", "Entropy", "LeastConfidence", "Margin", "Pool",
+__all__ = ["STRATEGIES", "ActiveLab", "Badge", "Coverage", "DiverseBatch", "Entropy", "LeastConfidence", "Margin", "Pool",
            "QueryStrategy", "RandomSampling", "ScoreStrategy", "make_strategy"]
 
 
@@ -229,8 +229,64 @@ class ActiveLab(QueryStrategy):
         return _top(-scores, np.arange(len(scores)), n, rng)
 
 
+def _unit(emb: np.ndarray) -> np.ndarray:
+    emb = np.asarray(emb, dtype=np.float32)
+    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+
+def _needs_embeddings(pool: Pool, name: str) -> np.ndarray:
+    if pool.embeddings is None:
+        raise CleanloopError(f"the {name} strategy needs pool embeddings; fix: pass Pool(..., embeddings=...)")
+    return pool.embeddings
+
+
+class Coverage(QueryStrategy):
+    """Cold start, no model needed: k-means of the unlabelled embeddings into ``n`` clusters, and
+    each cluster's most typical row (nearest its centre), biggest clusters first. The first
+    batch then covers the pool's main kinds of text instead of its densest corner."""
+
+    name = "coverage"
+
+    def _select(self, pool, n, rng):
+        from sklearn.cluster import KMeans
+
+        cand = pool.unlabelled_idx
+        emb = _unit(_needs_embeddings(pool, self.name)[cand])
+        km = KMeans(n_clusters=n, n_init=1, random_state=int(rng.integers(2**31 - 1))).fit(emb)
+        dist = np.linalg.norm(emb - km.cluster_centers_[km.labels_], axis=1)
+        sizes = np.bincount(km.labels_, minlength=n)
+        picks = [cand[np.flatnonzero(km.labels_ == c)[np.argmin(dist[km.labels_ == c])]]
+                 for c in np.argsort(-sizes, kind="stable") if sizes[c]]
+        chosen = set(picks)  # an empty cluster: fill with the next most typical rows
+        return np.asarray((picks + [i for i in cand[np.argsort(dist, kind="stable")] if i not in chosen])[:n])
+
+
+class Badge(QueryStrategy):
+    """BADGE (Ash et al., ICLR 2020) on the sentence embeddings: each row's gradient embedding
+    ``(p - onehot(argmax p)) x emb`` (the last layer's loss gradient, were its guess the label),
+    then k-means++ seeding over them: big gradients (uncertain) that point different ways (diverse)."""
+
+    name = "badge"
+
+    def _select(self, pool, n, rng):
+        cand = pool.unlabelled_idx
+        p = pool.probs[cand].astype(np.float32)
+        g = p - np.eye(p.shape[1], dtype=np.float32)[p.argmax(1)]
+        grad = (g[:, :, None] * _unit(_needs_embeddings(pool, self.name)[cand])[:, None, :]).reshape(len(cand), -1)
+        sq = (grad**2).sum(1)
+        picks = [int(np.argmax(sq))]
+        d2 = np.maximum(sq + sq[picks[0]] - 2 * grad @ grad[picks[0]], 0)
+        while len(picks) < n:  # k-means++: the next centre with probability ~ squared distance
+            d2[picks] = 0.0
+            left = np.setdiff1d(np.arange(len(cand)), picks)
+            nxt = int(rng.choice(len(cand), p=d2 / d2.sum())) if d2.sum() > 0 else int(rng.choice(left))
+            picks.append(nxt)
+            d2 = np.minimum(d2, np.maximum(sq + sq[nxt] - 2 * grad @ grad[nxt], 0))
+        return cand[picks]
+
+
 STRATEGIES: dict[str, type[QueryStrategy]] = {
-    s.name: s for s in (RandomSampling, LeastConfidence, Margin, Entropy, DiverseBatch, ActiveLab)
+    s.name: s for s in (RandomSampling, LeastConfidence, Margin, Entropy, DiverseBatch, ActiveLab, Coverage, Badge)
 }
 
 

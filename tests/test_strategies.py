@@ -9,7 +9,7 @@ import pytest
 
 from cleanloop.errors import CleanloopError
 from cleanloop.loops import active, strategies
-from cleanloop.loops.strategies import (STRATEGIES, ActiveLab, DiverseBatch, Entropy, LeastConfidence, Margin, Pool,
+from cleanloop.loops.strategies import (STRATEGIES, ActiveLab, Badge, Coverage, DiverseBatch, Entropy, LeastConfidence, Margin, Pool,
                                         RandomSampling, make_strategy)
 
 
@@ -60,7 +60,7 @@ class TestStrategyContract:
 
 
 def test_unknown_strategy_names_the_choices():
-    with pytest.raises(CleanloopError, match="use one of activelab, diversity"):
+    with pytest.raises(CleanloopError, match="use one of activelab, badge, coverage, diversity"):
         make_strategy("uncertainty")
 
 
@@ -129,6 +129,40 @@ def test_diversity_spreads_the_batch_over_clusters():
     assert set(cluster[margin]) == {0}  # plain uncertainty: three near-duplicates
     assert set(cluster[diverse]) == {0, 1, 2}  # one per cluster
     assert cluster[diverse[0]] == 0  # most uncertain first
+
+
+def three_clusters(sizes=(60, 20, 10), seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = np.array([[10.0, 0, 0], [0, 10.0, 0], [0, 0, 10.0]])
+    cluster = np.repeat([0, 1, 2], sizes)
+    return centres[cluster] + rng.normal(scale=0.5, size=(len(cluster), 3)), cluster
+
+
+def test_coverage_takes_the_most_typical_row_of_each_cluster_biggest_first():
+    emb, cluster = three_clusters()
+    pool = Pool(np.full((len(emb), 2), 0.5), np.zeros(len(emb), dtype=bool), emb)
+    idx = Coverage().query(pool, 3, np.random.default_rng(0))
+    assert cluster[idx].tolist() == [0, 1, 2]
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    for i in idx:  # nearer its cluster's centre than most of the cluster
+        members = unit[cluster == cluster[i]]
+        d = np.linalg.norm(members - members.mean(0), axis=1)
+        assert np.linalg.norm(unit[i] - members.mean(0)) <= np.quantile(d, 0.2)
+
+
+def test_badge_picks_uncertain_rows_from_different_clusters():
+    # cluster 0 is confidently predicted; clusters 1 and 2 are close calls: BADGE asks in 1 and 2, one each
+    emb, cluster = three_clusters((10, 40, 40))
+    conf = np.where(cluster == 0, 0.99, 0.55)
+    probs = np.stack([conf, 1 - conf], axis=1)
+    idx = Badge().query(Pool(probs, np.zeros(len(emb), dtype=bool), emb), 2, np.random.default_rng(0))
+    assert sorted(cluster[idx].tolist()) == [1, 2]
+
+
+def test_badge_and_coverage_without_embeddings_say_what_to_pass():
+    for s in (Badge(), Coverage()):
+        with pytest.raises(CleanloopError, match=f"the {s.name} strategy needs pool embeddings"):
+            s.query(made_up_pool(), 1, np.random.default_rng(0))
 
 
 def test_diversity_without_embeddings_says_what_to_pass():

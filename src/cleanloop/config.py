@@ -49,6 +49,11 @@ class Config:
     max_train_samples: int = field(
         default=0, metadata={"help": "Train on a stratified sample of this many examples (0: all)."}
     )
+    label_descriptions: list[str] = field(
+        default_factory=list,
+        metadata={"help": "A short description per label, in label_names order, for active learning's zero-shot "
+                          "suggestions (descriptions with commas: a list in the TOML); empty: the label names."},
+    )
     # --- model ------------------------------------------------------------
     base_model: str = field(
         default=DEFAULT_BASE_MODEL,

@@ -172,6 +172,14 @@ def export(cfg: Config, to_dir, repo_id, private, overwrite, keep_removed, versi
     info = ex.CleaningInfo(rounds=meta["round"], model=f"{cfg.method} on {cfg.base_model}",
                            reviewed=sum(summary.get(k, 0) for k in ("corrected", "confirmed", "removed")),
                            agreement=summary.get("agreement"))
+    from cleanloop.loops.online import labelled_only, session_summary
+
+    active = session_summary(cfg)
+    if active:  # WORKDIR/active of `cleanloop active`: the labelled examples, and how they were chosen
+        version = labelled_only(version)
+        info = ex.CleaningInfo(rounds=meta["round"], method="cleanloop active learning: labelled in Argilla from "
+                               "model-chosen batches", model=f"logistic regression on {cfg.base_model} embeddings",
+                               reviewed=info.reviewed, agreement=info.agreement, extra=active)
     if to_dir:
         click.echo(f"data set: {ex.export_dataset(version, to_dir, info, keep_removed=keep_removed, overwrite=overwrite)}")
     if repo_id:

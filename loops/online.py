@@ -1,0 +1,429 @@
+"""Responsive active learning on a user's own unlabelled text: start from zero labels, never make the annotator wait.
+
+The pool is any text file or data set (only a text column needed, optional ids, optional labels
+that become seeds) and the label names come from the config. Everything the loop needs from the
+encoder is computed once: the pool's sentence embeddings (packaged MiniLM, cached on disk) and one
+*anchor* embedding per label (its name, or the config's ``label_descriptions``).
+
+A session, :func:`run_session`:
+
+1. cold start: with no labels, the first batch is chosen for coverage (:class:`~cleanloop.loops.strategies.Coverage`:
+   the most typical text of each k-means cluster), each record suggested zero-shot (:func:`zero_shot_probs`:
+   cosine similarity to the label anchors) and pushed to Argilla (``<argilla_dataset>-label``) with
+   the suggestion pre-selected and its score;
+2. as answers arrive (polled from Argilla into the journal, the same path as the review loop) the
+   light head (:class:`LightHead`, logistic regression on the cached embeddings: a fraction of a second)
+   is refitted;
+3. once only ``prefetch`` records of the pending batches are left unanswered, the next batch is picked
+   with the freshest head and queued in Argilla: the annotator finds it there when they finish.
+
+Each batch records how many labels its model had seen (``model_labels``) against the labels answered
+when it was queued (``labels_at_push``), and the seconds between the annotator's last answer of the
+batch before it and its push (0 when it was queued in time). State: ``WORKDIR/active/loop/session.json``.
+The answers stay in ``WORKDIR/active/journal.sqlite``; the session ends by writing a data version
+(``WORKDIR/active/versions/round-NNN``) that ``cleanloop export --workdir WORKDIR/active`` publishes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cleanloop.config import Config
+from cleanloop.errors import CleanloopError
+from cleanloop.loops.strategies import STRATEGIES, Coverage, Pool, make_strategy
+
+log = logging.getLogger("cleanloop.active")
+
+
+# --- the pool --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PoolData:
+    """The pool as plain lists: ids, texts, labels (N,) int with -1 = unlabelled, and the label names."""
+
+    ids: list[str]
+    texts: list[str]
+    labels: np.ndarray
+    names: list[str]
+
+    def dataset(self):
+        """A one-split ``DatasetDict`` (train; label -1 = unlabelled) for the journal and the data versions."""
+        import datasets
+
+        feats = datasets.Features({"id": datasets.Value("string"), "text": datasets.Value("string"),
+                                   "label": datasets.ClassLabel(names=self.names)})
+        train = datasets.Dataset.from_dict({"id": self.ids, "text": self.texts, "label": self.labels.tolist()},
+                                           features=feats)
+        return datasets.DatasetDict({"train": train})
+
+
+def load_pool(cfg: Config, source: str | None = None) -> PoolData:
+    """The unlabelled pool ``source`` (default ``cfg.dataset``; its train split): a parquet/csv/jsonl
+    file, a folder or a Hub id with a text column, optional ids (``id_column``) and optional labels
+    (``label_column``; empty cells = unlabelled, the rest are seed labels).
+
+    The label names come from ``cfg.label_names``, else from the labels the pool has. Raises a
+    one-line CleanloopError for a missing text column, an empty text, an unknown label or no label names.
+    """
+    from cleanloop.model.data import (RawSplit, _is_missing, _label_index, read_source, resolve_label_names,
+                                      validate_split)
+
+    src = source or cfg.dataset
+    raw = read_source(cfg.replace(dataset=src))
+    if "train" not in raw:
+        raise CleanloopError(f"{src}: no 'train' split (found {', '.join(raw)}); fix: name the pool's split train")
+    rs = raw["train"]
+    if cfg.label_column in rs.frame.columns:  # an empty cell is an unlabelled row, not a label named ""
+        col = rs.frame[cfg.label_column]
+        rs = RawSplit(rs.frame.assign(**{cfg.label_column: col.where(col != "", None)}), rs.where, rs.label_names)
+    names = resolve_label_names({"train": rs}, cfg)
+    if len(names) < 2:
+        raise CleanloopError(
+            f"{rs.where}: {len(names)} label name(s) given and found in the data ({', '.join(names) or 'none'}); "
+            "fix: pass --label-names a,b,c or set label_names = [...] in the config")
+    if cfg.label_descriptions and len(cfg.label_descriptions) != len(names):
+        raise CleanloopError(f"label_descriptions has {len(cfg.label_descriptions)} entries for {len(names)} labels "
+                             f"({', '.join(names)}); fix: give one description per label, in label_names order")
+    frame = validate_split(rs, "pool", cfg, names, require_labels=False)
+    labels = np.full(len(frame), -1, dtype=np.int64)
+    if cfg.label_column in rs.frame.columns:
+        index = {n: i for i, n in enumerate(names)}
+        for row, v in enumerate(rs.frame[cfg.label_column].tolist()):
+            if _is_missing(v) or v == "":
+                continue
+            i = _label_index(v, names, index)
+            if i is None:
+                raise CleanloopError(
+                    f"{rs.where}: row {row}, column '{cfg.label_column}': label {v!r} is not one of {', '.join(names)}; "
+                    "fix: correct the row, leave it empty (unlabelled) or add the name to label_names")
+            labels[row] = i
+    return PoolData(frame["id"].tolist(), frame["text"].tolist(), labels, names)
+
+
+def embed(cfg: Config, ids: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+    """(N, D) unit-length sentence embeddings (mean pooling of ``cfg.base_model``), cached on disk by content."""
+    from cleanloop.model.train import extract_features
+
+    import datasets
+
+    feats = extract_features(cfg.replace(pooling="mean"), datasets.Dataset.from_dict({"id": list(ids), "text": list(texts)}))
+    feats = np.asarray(feats, dtype=np.float32)
+    return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+
+
+def label_anchors(cfg: Config, names: Sequence[str]) -> np.ndarray:
+    """(C, D) embeddings of each label's description (``cfg.label_descriptions``) or else its name."""
+    texts = list(cfg.label_descriptions) or [n.replace("_", " ") for n in names]
+    return embed(cfg, [f"label-{i}" for i in range(len(texts))], texts)
+
+
+def zero_shot_probs(embeddings: np.ndarray, anchors: np.ndarray, temperature: float = 0.05) -> np.ndarray:
+    """(N, C) softmax over the cosine similarities of each text (N, D) to each label anchor (C, D).
+
+    Both inputs unit-length. ``temperature``: lower = sharper; the argmax does not depend on it.
+
+    >>> e = np.array([[1.0, 0.0], [0.6, 0.8]]); a = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> zero_shot_probs(e, a).argmax(1).tolist()
+    [0, 1]
+    """
+    logits = embeddings @ anchors.T / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+class LightHead:
+    """Logistic regression on the cached embeddings, refitted in well under a second.
+
+    The label anchors join the training data as one example per label (weight ``anchor_weight``;
+    for a class no annotator has labelled yet, at least the weight of an average class): a prior
+    that the labels overrule as they come, and a class nobody labelled yet can still be predicted.
+    With zero labels the head is the zero-shot model (:func:`zero_shot_probs`). On emotion (4,000-tweet
+    pool, random labels, 3 draws) weight 50 instead of 1 lifts test accuracy from 32% to 49% at 10
+    labels and from 55% to 58% at 300.
+    """
+
+    def __init__(self, anchors: np.ndarray, *, C: float = 1.0, temperature: float = 0.05, anchor_weight: float = 50.0,
+                 seed: int = 0):
+        self.anchors, self.C, self.temperature, self.anchor_weight, self.seed = anchors, C, temperature, anchor_weight, seed
+        self.clf = None
+        self.labels_seen = 0
+
+    def fit(self, embeddings: np.ndarray, labels: np.ndarray) -> "LightHead":
+        """Train on (N, D) embeddings with (N,) label indices (N may be 0)."""
+        from sklearn.linear_model import LogisticRegression
+
+        self.labels_seen = len(labels)
+        if len(labels) == 0:
+            self.clf = None
+            return self
+        k = len(self.anchors)
+        x = np.vstack([embeddings, self.anchors])
+        y = np.concatenate([labels, np.arange(k)])
+        counts = np.bincount(labels, minlength=k)
+        unseen = max(self.anchor_weight, len(labels) / k)  # a class nobody labelled yet weighs as an average one
+        w = np.concatenate([np.ones(len(labels)), np.where(counts == 0, unseen, self.anchor_weight)])
+        self.clf = LogisticRegression(C=self.C, max_iter=500, random_state=self.seed).fit(x, y, sample_weight=w)
+        return self
+
+    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
+        """(N, C) probabilities, columns in label order."""
+        if self.clf is None:
+            return zero_shot_probs(embeddings, self.anchors, self.temperature)
+        return self.clf.predict_proba(embeddings)
+
+
+# --- the session -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class SessionOptions:
+    """How a responsive active-learning session runs."""
+
+    strategy: str = "diversity"
+    batch_size: int = 20
+    prefetch: int = 0  # queue the next batch once this many pushed records are unanswered (0: half a batch)
+    max_labels: int = 0  # stop once this many labels (seeds included) are in; 0: until the pool is done or idle
+    poll_seconds: float = 1.0
+    idle_timeout: float = 3600.0  # stop after this long without a new answer
+    temperature: float = 0.05  # zero-shot softmax temperature
+    C: float = 1.0  # the light head's inverse regularisation
+    anchor_weight: float = 50.0  # the weight of each label's description among the labels (LightHead)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES or STRATEGIES[self.strategy].relabels:
+            choices = sorted(n for n, s in STRATEGIES.items() if not s.relabels)
+            raise CleanloopError(f"strategy {self.strategy!r} cannot drive a session; fix: use one of {', '.join(choices)}")
+        if self.batch_size < 1:
+            raise CleanloopError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not 0 <= self.prefetch <= self.batch_size:
+            raise CleanloopError(f"prefetch must be in [0, batch_size={self.batch_size}], got {self.prefetch}")
+        positive = (self.poll_seconds, self.idle_timeout, self.temperature, self.C, self.anchor_weight)
+        if self.max_labels < 0 or min(positive) <= 0:
+            raise CleanloopError("max_labels must be >= 0 and poll_seconds, idle_timeout, temperature, C, anchor_weight "
+                                 f"> 0; got {self.max_labels}, {', '.join(map(str, positive))}")
+
+    @property
+    def queue_at(self) -> int:
+        return self.prefetch or max(1, self.batch_size // 2)
+
+
+@dataclass
+class BatchInfo:
+    """One queued batch: what picked it, from how many labels, and how long the annotator waited for it."""
+
+    batch: int
+    strategy: str
+    ids: list[str]
+    model: str  # "zero-shot" or "logreg"
+    model_labels: int  # labels the model that picked it had seen
+    labels_at_push: int  # labels answered when it was queued
+    pushed_at: float  # seconds since the session started
+    pick_seconds: float
+    suggested: list[str] = field(default_factory=list)  # the pre-selected suggestion of each record
+    seconds_to_next_batch: float | None = None  # this batch's last answer -> the next batch queued (0: in time)
+    completed_at: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def staleness(self) -> int:
+        return self.labels_at_push - self.model_labels
+
+
+def _labels_from_journal(pool: PoolData, journal) -> np.ndarray:
+    """The pool's labels: the seeds, overridden by the journal's decisions (removed: -2, left out)."""
+    labels = pool.labels.copy()
+    index = {n: i for i, n in enumerate(pool.names)}
+    row = {i: n for n, i in enumerate(pool.ids)}
+    for ex_id, d in journal.current().items():
+        if ex_id not in row:
+            continue
+        if d.action == "removed":
+            labels[row[ex_id]] = -2
+        elif d.action in ("corrected", "confirmed") and d.new_label in index:
+            labels[row[ex_id]] = index[d.new_label]
+    return labels
+
+
+def pick_batch(strategy_name: str, head: LightHead, embeddings: np.ndarray, labels: np.ndarray, pending: np.ndarray,
+               n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
+    """(indices, the pool's probabilities, strategy used): ``n`` rows neither labelled, discarded
+    nor pending; :class:`Coverage` while the pool has no label at all (cold start)."""
+    probs = head.predict_proba(embeddings)
+    taken = (labels != -1) | pending
+    strategy = Coverage() if (labels >= 0).sum() == 0 else make_strategy(strategy_name)
+    if taken.all():
+        return np.zeros(0, dtype=np.int64), probs, strategy.name
+    return strategy.query(Pool(probs, taken, embeddings), n, rng), probs, strategy.name
+
+
+def run_session(cfg: Config, opts: SessionOptions, *, pool: PoolData, embeddings: np.ndarray, anchors: np.ndarray,
+                client=None, home: str | Path | None = None, on_batch: Callable[[BatchInfo, LightHead], None] | None = None,
+                on_answers: Callable[[int, int], None] | None = None, should_stop: Callable[[], bool] | None = None,
+                clock: Callable[[], float] = time.monotonic) -> list[BatchInfo]:
+    """Run a responsive session until ``max_labels``, the pool's end, ``idle_timeout`` or ``should_stop()``.
+
+    pool, embeddings (N, D), anchors (C, D): from :func:`load_pool`, :func:`embed` and :func:`label_anchors`.
+    on_batch(info, head): after each batch is queued; on_answers(labels, pending): after each pull
+    that brought answers. Returns the batches queued in this call. Resumable: the answers are in the
+    journal, the batches in ``loop/session.json``; records pushed but unanswered stay pending.
+    """
+    from cleanloop.labeling.journal import Journal
+    from cleanloop.loops.active import LABEL_GUIDELINES, active_config
+    from cleanloop.loops.retrain import (_write_json_atomic, journal_path, lazy_client, loop_root, pull_step, push_step,
+                                         versions_root)
+    from cleanloop.loops.versions import write_version
+
+    acfg = active_config(cfg)
+    names = pool.names
+    state_file = loop_root(acfg) / "session.json"
+    previous = json.loads(state_file.read_text()) if state_file.exists() else {"batches": []}
+    done_before = previous["batches"]
+    original = pool.dataset()
+    row = {i: n for n, i in enumerate(pool.ids)}
+    journal = Journal(journal_path(acfg))
+    connected = lazy_client(cfg, home, client)
+    rng = np.random.default_rng([opts.seed, len(done_before)])
+    head = LightHead(anchors, C=opts.C, temperature=opts.temperature, anchor_weight=opts.anchor_weight, seed=opts.seed)
+    start = clock()
+    batches: list[BatchInfo] = []
+    pending = np.zeros(len(pool.ids), dtype=bool)
+    for b in done_before:
+        pending[[row[i] for i in b["ids"] if i in row]] = True
+    labels = _labels_from_journal(pool, journal)
+    pending &= labels == -1
+    if pending.any():
+        from cleanloop.labeling.argilla_io import get_dataset
+
+        if get_dataset(connected(), acfg) is None:  # the dataset was deleted: its records are not waiting anywhere
+            log.warning("Argilla dataset %r is gone: its %d unanswered records go back to the pool",
+                        acfg.argilla_dataset, int(pending.sum()))
+            pending[:] = False
+
+    def refit() -> None:
+        lab = np.flatnonzero(labels >= 0)
+        head.fit(embeddings[lab], labels[lab])
+
+    def queue_next() -> BatchInfo | None:
+        nonlocal pending
+        room = opts.max_labels - int((labels >= 0).sum()) - int(pending.sum()) if opts.max_labels else opts.batch_size
+        n = min(opts.batch_size, room)
+        if n <= 0:
+            return None
+        t0 = clock()
+        idx, probs, used = pick_batch(opts.strategy, head, embeddings, labels, pending, n, rng)
+        if len(idx) == 0:
+            return None
+        number = len(done_before) + len(batches) + 1
+        top = probs[idx].argmax(1)
+        import pandas as pd
+
+        queue = pd.DataFrame({"id": [pool.ids[i] for i in idx], "text": [pool.texts[i] for i in idx],
+                              "given_label": [None] * len(idx), "suggested_label": [names[t] for t in top],
+                              "suggested_score": probs[idx, top].astype(float), "label_quality": np.nan,
+                              "loss": np.nan})
+        pick = clock() - t0
+        push_step(connected(), acfg, queue, None, names, number, set(), flagged_by=(used,), guidelines=LABEL_GUIDELINES)
+        pending[idx] = True
+        info = BatchInfo(number, used, queue["id"].tolist(), "logreg" if head.clf is not None else "zero-shot",
+                         head.labels_seen, int((labels >= 0).sum()), round(clock() - start, 3), round(pick, 3),
+                         queue["suggested_label"].tolist())
+        if batches and batches[-1].completed_at is not None and batches[-1].seconds_to_next_batch is None:
+            batches[-1].seconds_to_next_batch = round(max(0.0, info.pushed_at - batches[-1].completed_at), 3)
+        batches.append(info)
+        log.info("batch %d queued: %d records by %s from a %s head on %d labels (%d answered)", number, len(idx), used,
+                 info.model, info.model_labels, info.labels_at_push)
+        if on_batch:
+            on_batch(info, head)
+        return info
+
+    def save() -> None:
+        _write_json_atomic(state_file, {"options": asdict(opts),
+                                        "batches": done_before + [asdict(b) for b in batches]})
+
+    try:
+        refit()
+        if not pending.any():
+            queue_next()
+            save()
+        last_answer = clock()
+        while True:
+            if should_stop and should_stop():
+                break
+            time.sleep(opts.poll_seconds)
+            if pull_step(connected(), acfg, journal, original["train"], len(done_before) + len(batches)).new_votes:
+                labels = _labels_from_journal(pool, journal)
+                pending &= labels == -1
+                last_answer = clock()
+                refit()
+                now = round(clock() - start, 3)
+                for k, b in enumerate(batches):
+                    if b.completed_at is None and not pending[[row[i] for i in b.ids]].any():
+                        b.completed_at = now
+                        if k + 1 < len(batches):  # the next one was queued before this one was done
+                            b.seconds_to_next_batch = 0.0
+                if on_answers:
+                    on_answers(int((labels >= 0).sum()), int(pending.sum()))
+            if pending.sum() <= opts.queue_at:
+                queued = queue_next()
+                save()
+                if queued is None and not pending.any():
+                    log.info("nothing left to queue: %d labels", int((labels >= 0).sum()))
+                    break
+            if clock() - last_answer > opts.idle_timeout:
+                log.info("no answer for %.0f s: stopping with %d labels", opts.idle_timeout, int((labels >= 0).sum()))
+                break
+        save()
+        return batches
+    finally:
+        written = [int(p.name.split("-")[1]) for p in versions_root(acfg).glob("round-[0-9][0-9][0-9]")]
+        write_version(original, journal, versions_root(acfg), max(written, default=0) + 1)
+        journal.close()
+
+
+def session_summary(acfg: Config) -> dict | None:
+    """What a dataset card says about the active-learning session in ``acfg`` (the WORKDIR/active config):
+    labels, annotators, strategies, and the learning curve on the user's own data (the share of each
+    batch's pre-selected suggestions the annotators kept, against the labels the model had seen).
+    None when no session ran there."""
+    from cleanloop.labeling.journal import Journal
+    from cleanloop.loops.retrain import journal_path, loop_root
+
+    path = loop_root(acfg) / "session.json"
+    if not path.exists() or not journal_path(acfg).exists():
+        return None
+    batches = json.loads(path.read_text())["batches"]
+    with Journal(journal_path(acfg)) as journal:
+        decided = {i: d.new_label for i, d in journal.current().items() if d.action in ("corrected", "confirmed")}
+        votes = journal.votes()
+    by = {}
+    for v in votes:
+        by[v.annotator] = by.get(v.annotator, 0) + 1
+    curve = []
+    for b in batches:
+        kept = [s == decided[i] for i, s in zip(b["ids"], b.get("suggested", [])) if i in decided]
+        if kept:
+            curve.append(f"{b['model_labels']} labels: {np.mean(kept):.0%}")
+    strategies = list(dict.fromkeys(b["strategy"] for b in batches))
+    return {"Labelled by active learning": f"{len(decided):,} examples in {len(batches)} batches",
+            "Annotators": ", ".join(f"{a} ({n:,} answers)" for a, n in sorted(by.items())) or "none",
+            "Strategy": " then ".join(strategies),
+            "Learning curve (suggestions kept per batch, by labels the model had seen)": "; ".join(curve) or "none"}
+
+
+def labelled_only(version):
+    """A data version without its unlabelled (label -1) and discarded rows: what an active-learning export publishes."""
+    import datasets
+
+    return datasets.DatasetDict({s: ds.filter(lambda lbl, src: lbl >= 0 and src != "removed",
+                                              input_columns=["label", "label_source"]) for s, ds in version.items()})
+
