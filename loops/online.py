@@ -279,8 +279,8 @@ def run_session(cfg: Config, opts: SessionOptions, *, pool: PoolData, embeddings
     """
     from cleanloop.labeling.journal import Journal
     from cleanloop.loops.active import LABEL_GUIDELINES, active_config
-    from cleanloop.loops.retrain import (_write_json_atomic, journal_path, lazy_client, loop_root, pull_step, push_step,
-                                         versions_root)
+    from cleanloop.atomic import write_json
+    from cleanloop.loops.retrain import journal_path, lazy_client, loop_root, pull_step, push_step, versions_root
     from cleanloop.loops.versions import write_version
 
     acfg = active_config(cfg)
@@ -347,8 +347,7 @@ def run_session(cfg: Config, opts: SessionOptions, *, pool: PoolData, embeddings
         return info
 
     def save() -> None:
-        _write_json_atomic(state_file, {"options": asdict(opts),
-                                        "batches": done_before + [asdict(b) for b in batches]})
+        write_json(state_file, {"options": asdict(opts), "batches": done_before + [asdict(b) for b in batches]})
 
     try:
         refit()
