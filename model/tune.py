@@ -41,8 +41,9 @@ TUNED = ("learning_rate", "epochs", "warmup_ratio", "weight_decay", "label_smoot
 class SearchSpace:
     """Ranges of the tuned settings. ``learning_rate`` is searched on a log scale.
 
-    >>> SearchSpace(epochs=(1, 1)).clip({"epochs": 4, "learning_rate": 1.0})["epochs"]
-    1
+    >>> given = SearchSpace(epochs=(1, 2)).clip(Config(epochs=4, learning_rate=1.0).to_dict())
+    >>> given["epochs"], given["learning_rate"], given["batch_size"]
+    (2, 0.0003, 32)
     """
 
     learning_rate: tuple[float, float] = (2e-5, 3e-4)

@@ -122,3 +122,13 @@ def test_pruning_callback_stops_a_trial_below_the_median_of_earlier_ones():
     poor = study.ask()
     with pytest.raises(optuna.TrialPruned, match="epoch 1"):
         pruning_callback(poor).on_evaluate(None, epoch_end, None, metrics={"eval_macro_f1": 0.5})
+
+
+def test_docstring_examples():
+    import doctest
+
+    import cleanloop.model.ensemble
+    import cleanloop.model.tune
+
+    for module in (cleanloop.model.tune, cleanloop.model.ensemble):
+        assert doctest.testmod(module).failed == 0, module.__name__
