@@ -71,7 +71,7 @@ class Predictor:
         folder = Path(path)
         if (folder / ENSEMBLE_META).exists():
             members = json.loads((folder / ENSEMBLE_META).read_text())["members"]
-            return EnsemblePredictor([cls.load(folder / m, device, max_length) for m in members])
+            return EnsemblePredictor([cls.load(folder / m, device, max_length, precision) for m in members])
         dev = torch.device(device) if device is not None else default_device()
         prec = resolve(precision, dev, checks_of(folder))
         if (folder / FEATURES_HEAD).exists():
@@ -149,7 +149,8 @@ class EnsemblePredictor(Predictor):
                     f"ensemble members predict different labels ({first.label_names} vs {m.label_names}); "
                     "fix: build the ensemble from models trained on the same data"
                 )
-        super().__init__(first.model, first.tokenizer, first.label_names, first.max_length, first.head, first.pooling)
+        super().__init__(first.model, first.tokenizer, first.label_names, first.max_length, first.head, first.pooling,
+                         first.precision, first.precision_reason)
         self.members = list(members)
 
     def predict_arrays(
