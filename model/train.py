@@ -212,7 +212,8 @@ class ClassifierTrainer:
 
         tmp = folder_tmp(out)
         trainer.save_model(str(tmp))
-        model = trainer.model
+        # without the autocast wrapper that bf16 training put on forward: the evaluation below is fp32
+        model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
         eval_probs, val_seconds = {}, 0.0
         for split in ("validation", "test"):  # the model's own figures: fp32
             if split in dd:
