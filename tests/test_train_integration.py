@@ -156,7 +156,10 @@ def test_cli_flag_from_training_dynamics_writes_scores_queue_and_report(trained)
 def test_cli_flag_refuses_dynamics_of_another_train_set(trained, tmp_path):
     import shutil
 
+    from cleanloop.identity import load_workdir_data
+
     cfg, _, _ = trained
+    load_workdir_data(cfg)  # the workdir records its data, as any command on it does
     res = CliRunner().invoke(app, ["flag", "--dataset", cfg.dataset, "--workdir", cfg.workdir,
                                    "--max-train-samples", "100", "--no-map"])
     assert res.exit_code != 0  # the workdir knows its data: other data is refused before anything runs
