@@ -143,6 +143,10 @@ def test_export_to_a_local_folder_reloads_with_load_dataset(tmp_path):
     back = datasets.load_dataset(str(folder))
     assert set(back) == {"train", "test"}
     assert back["train"].features["label"].names == NAMES
+    from cleanloop.identity import example_fingerprint
+
+    assert back["train"]["fingerprint"] == [example_fingerprint("train", t) for t in back["train"]["text"]]
+    back = back.remove_columns("fingerprint")
     assert back["train"].to_list() == [r for r in v["train"].to_list() if r["label_source"] != "removed"]
     assert back["test"].to_list() == v["test"].to_list()
     card = (folder / "README.md").read_text()

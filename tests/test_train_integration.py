@@ -152,8 +152,20 @@ def test_cli_flag_from_training_dynamics_writes_scores_queue_and_report(trained)
 
 
 def test_cli_flag_refuses_dynamics_of_another_train_set(trained, tmp_path):
+    import shutil
+
+    from cleanloop.identity import load_workdir_data
+
     cfg, _, _ = trained
+    load_workdir_data(cfg)  # the workdir records its data, as any command on it does
     res = CliRunner().invoke(app, ["flag", "--dataset", cfg.dataset, "--workdir", cfg.workdir,
+                                   "--max-train-samples", "100", "--no-map"])
+    assert res.exit_code != 0  # the workdir knows its data: other data is refused before anything runs
+    assert "is not the data workdir" in str(res.exception) and "removed" in str(res.exception)
+    other = tmp_path / "work"  # a new workdir holding only the dynamics recorded on the full train split
+    (other / "model").mkdir(parents=True)
+    shutil.copy(Path(cfg.workdir) / "model" / "dynamics.npz", other / "model" / "dynamics.npz")
+    res = CliRunner().invoke(app, ["flag", "--dataset", cfg.dataset, "--workdir", str(other),
                                    "--max-train-samples", "100", "--no-map"])
     assert res.exit_code != 0
     assert "another version of the train split" in str(res.exception)
