@@ -271,9 +271,17 @@ def test_cli_push_skips_reviewed_examples(argilla_server, tmp_path, monkeypatch)
         j.record_pull([Vote("train-00001", "someone", "anger")], {"train-00001": "joy"}, round=1)
     args = ["--dataset", str(data), "--id-column", "id", "--workdir", str(tmp_path / "work"),
             "--argilla-url", argilla_server.url, "--argilla-dataset", "io-cli-push"]
-    res = CliRunner().invoke(app, ["push", *args, "--queue", str(tmp_path / "queue.parquet"), "--round", "2"])
+    res = CliRunner().invoke(app, ["push", *args, "--queue", str(tmp_path / "queue.parquet"), "--round", "2",
+                                   "--review-wave", "0"])
     assert res.exit_code == 0, res.output
     assert "pushed 1 records" in res.output and "1 already reviewed, skipped" in res.output
+    assert "Logged in as" not in res.output and "TextField title" not in res.output  # the SDK's INFO: only with -v
+    # in waves (the default), push stays and feeds the queue until it is answered or the timeout passes
+    res = CliRunner().invoke(app, ["push", *args, "--argilla-dataset", "io-cli-push-waves", "--queue",
+                                   str(tmp_path / "queue.parquet"), "--round", "2", "--review-timeout", "1",
+                                   "--non-interactive"])
+    assert res.exit_code == 0, res.output
+    assert "1 pending at a time" in res.output and res.output.strip().splitlines()[-1].startswith("pushed 1 of 1")
     client = argilla_server.client()
     cfg = argilla_server.cfg.replace(argilla_dataset="io-cli-push")
     models = list(aio._record_models(client, aio.get_dataset(client, cfg)))
