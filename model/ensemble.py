@@ -12,16 +12,16 @@ average), confusion matrices, a model card, and ``dynamics.npz`` with every memb
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from cleanloop.atomic import folder_tmp, replace_folder
 from cleanloop.config import Config
 from cleanloop.errors import CleanloopError
 from cleanloop.model.predict import ENSEMBLE_META
-from cleanloop.model.train import ClassifierTrainer, TrainResult, _replace_dir, evaluate_splits, model_dir
+from cleanloop.model.train import ClassifierTrainer, TrainResult, evaluate_splits, model_dir
 from cleanloop.model.tune import TUNED
 
 
@@ -56,10 +56,7 @@ def train_ensemble(
     if any(m.method != "finetune" for m in members):
         raise CleanloopError("--ensemble trains fine-tuned models; fix: drop --method features")
     out = Path(output_dir) if output_dir is not None else model_dir(cfg)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = folder_tmp(out)
     names = dd["train"].features["label"].names
     results: list[TrainResult] = []
     for i, mcfg in enumerate(members):
@@ -101,7 +98,7 @@ def train_ensemble(
     card.write_text(card.read_text() + _card_section(metrics))
     (tmp / ENSEMBLE_META).write_text(json.dumps(
         {"members": [f"member-{i}" for i in range(len(members))], "combine": "mean of probabilities"}, indent=2))
-    _replace_dir(tmp, out)
+    replace_folder(tmp, out)
     probs = {s: p for s, (_, p) in eval_probs.items()}
     return TrainResult(out, metrics, seconds, [out / p.name for p in pngs], probs=probs)
 

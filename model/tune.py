@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from cleanloop.atomic import write_text
 from cleanloop.config import Config
 from cleanloop.errors import CleanloopError
 from cleanloop.model.train import ClassifierTrainer
@@ -334,11 +335,7 @@ def write_config(cfg: Config, path: Path, comment: str) -> Path:
     if cfg.max_train_samples:
         lines.append(f"# tuned on a {cfg.max_train_samples}-example sample of train; "
                      "set max_train_samples = 0 (or pass --max-train-samples 0) to train on all of it")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-    return path
+    return write_text(path, "\n".join(lines) + "\n")
 
 
 def _plots(study, folder: Path) -> list[Path]:
@@ -394,6 +391,4 @@ def _write_report(study, result: TuneResult, cfg: Config, space: SearchSpace) ->
                 for k in TUNED]
         lines.append("| " + " | ".join(row) + " |")
     lines += [""] + [f"![{p.stem}]({p.name})" for p in result.plots]
-    tmp = result.report_path.with_name(result.report_path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, result.report_path)
+    write_text(result.report_path, "\n".join(lines) + "\n")
