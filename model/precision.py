@@ -3,7 +3,8 @@ int8 (dynamic quantization of the Linear layers, CPU) only when asked.
 
 ``auto`` picks bf16 on a CPU with AVX-512 bf16 or AMX, or on a GPU with bf16, and fp32 elsewhere,
 unless the model's own check (run by ``cleanloop train`` on the validation split and kept in
-``metrics.json``) found bf16 changing more than 0.1% of the top labels.
+``metrics.json``) found bf16 changing more than 0.1% of the top labels, or running slower than fp32
+(small models on a GPU can be launch-bound, where bf16's casts cost more than they save).
 
 >>> resolve("fp32", torch.device("cpu"))
 ('fp32', 'asked')
@@ -89,9 +90,12 @@ def _pick(requested: str, native: str | None, lacks: str, checks: dict | None) -
         return requested, "asked"
     if native is None:
         return "fp32", f"auto: {lacks}"
-    agreement = (checks or {}).get("bf16", {}).get("agreement")
+    check = (checks or {}).get("bf16", {})
+    agreement, speedup = check.get("agreement"), check.get("speedup")
     if agreement is not None and agreement < MIN_AGREEMENT:
         return "fp32", f"auto: bf16 agreed with fp32 on only {agreement:.2%} of validation top labels (< {MIN_AGREEMENT:.1%})"
+    if speedup is not None and speedup < 1.0:
+        return "fp32", f"auto: bf16 ran slower than fp32 on the validation split ({speedup:.2f}x)"
     return "bf16", f"auto: {native}"
 
 

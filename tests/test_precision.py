@@ -42,6 +42,10 @@ def test_auto_picks_bf16_only_where_native_and_falls_back_on_a_failed_check():
     assert precision._pick("auto", "avx512_bf16", lacks, passed)[0] == "bf16"
     used, why = precision._pick("auto", "avx512_bf16", lacks, {"bf16": {"agreement": 0.998}})
     assert used == "fp32" and "99.80%" in why
+    # bf16 that agrees but runs slower (a small model on a GPU, H200: 0.88x when scoring) is not picked
+    used, why = precision._pick("auto", "cuda", lacks, {"bf16": {"agreement": 1.0, "speedup": 0.88}})
+    assert used == "fp32" and "slower" in why and "0.88x" in why
+    assert precision._pick("auto", "cuda", lacks, {"bf16": {"agreement": 1.0, "speedup": 1.7}})[0] == "bf16"
     # an explicit choice is kept, whatever the check said
     assert precision._pick("bf16", None, lacks, {"bf16": {"agreement": 0.5}}) == ("bf16", "asked")
     with pytest.raises(CleanloopError, match="int8 runs on CPU only"):

@@ -54,6 +54,7 @@ def workdir_lock(workdir: str | Path, command: str) -> Iterator[Path]:
         finally:
             _held[folder] -= 1
         return
+    made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = FileLock(str(folder / LOCK_FILE), timeout=0, mode=0o600)
     try:
@@ -70,4 +71,9 @@ def workdir_lock(workdir: str | Path, command: str) -> Iterator[Path]:
     finally:
         _held.pop(folder, None)
         (folder / OWNER_FILE).unlink(missing_ok=True)
-        lock.release()
+        if made and [p.name for p in folder.iterdir()] == [LOCK_FILE]:  # a command that wrote nothing: leave no trace
+            (folder / LOCK_FILE).unlink()
+            lock.release()
+            folder.rmdir()
+        else:
+            lock.release()
