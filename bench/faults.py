@@ -55,7 +55,7 @@ def drive(cfg_json: str, kill: str | None, events_out: str | None) -> None:
     mods = {n: importlib.import_module(n) for n in (
         "cleanloop.atomic", "cleanloop.labeling.argilla_io", "cleanloop.labeling.journal", "cleanloop.loops.versions",
         "cleanloop.model.train", "cleanloop.loops.retrain", "cleanloop.model.score", "cleanloop.loops.report",
-        "cleanloop.cli.flag", "cleanloop.identity", "cleanloop.lock", "cleanloop.loops.export")}
+        "cleanloop.loops.judge", "cleanloop.identity", "cleanloop.lock", "cleanloop.loops.export")}
     rt = mods["cleanloop.loops.retrain"]
     step, counts, events = ["setup"], Counter(), []
     want_step, want_k = (kill.split(":")[0], int(kill.split(":")[1])) if kill else (None, 0)

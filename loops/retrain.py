@@ -161,7 +161,7 @@ class FlagResult:
 
 def flag_step(rcfg: Config, train_ds, max_review: int, skip_ids: set[str]) -> FlagResult:
     """Score the train split, build the review queue without ``skip_ids``, embed the queue's texts."""
-    from cleanloop.cli.flag import judging_probs
+    from cleanloop.loops.judge import judging_probs
     from cleanloop.loops.flag import example_checks, review_queue, scores_table, signal_table
     from cleanloop.model.score import write_parquet_atomic
 

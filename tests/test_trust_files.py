@@ -87,7 +87,7 @@ def test_save_npy_killed_at_random_points_never_leaves_a_truncated_file(tmp_path
 
 
 def test_a_truncated_out_of_fold_cache_is_computed_again(tmp_path):
-    from cleanloop.cli.flag import _load_cache
+    from cleanloop.loops.judge import _load_cache
 
     path = tmp_path / "oof.npy"
     np.save(path, np.ones((10, 3)))

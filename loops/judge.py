@@ -1,0 +1,111 @@
+"""The probabilities that judge each training label, and the check that the model behind them is
+worth listening to: training dynamics or out-of-fold probabilities (cached per data version and
+settings), stopped by :func:`check_model` when the model is no better than the majority class.
+
+Used by ``cleanloop flag`` and by each round of ``cleanloop retrain-loop``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from cleanloop.atomic import save_npy
+from cleanloop.config import Config
+from cleanloop.errors import CleanloopError, WeakModelError
+
+log = logging.getLogger("cleanloop")
+
+
+def judging_probs(cfg: Config, train_ds) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Probabilities that judge the train labels, the embeddings if they come for free, and a description."""
+    from cleanloop.loops.oof import oof_finetune, oof_logreg
+    from cleanloop.loops.signals import dynamics_probs
+    from cleanloop.model.train import extract_features, model_dir
+
+    labels = np.asarray(train_ds["label"])
+    names = train_ds.features["label"].names
+    if cfg.flag_source == "dynamics":
+        path = model_dir(cfg.replace(method="finetune")) / "dynamics.npz"
+        if not path.exists():
+            raise CleanloopError(
+                f"no training dynamics at {path}; fix: run 'cleanloop train' first (it records them), "
+                "or use --flag-source oof"
+            )
+        dyn = np.load(path)
+        if list(dyn["ids"]) != list(train_ds["id"]) or not np.array_equal(dyn["labels"], labels):
+            raise CleanloopError(
+                f"{path} was recorded on another version of the train split (ids or labels differ); "
+                "fix: run 'cleanloop train' on this data first"
+            )
+        source = f"training dynamics of {path.parent} ({len(dyn['probs'])} epoch records)"
+        metrics = json.loads((path.parent / "metrics.json").read_text()) if (path.parent / "metrics.json").exists() else {}
+        split = next((s for s in ("validation", "test") if s in metrics), None)
+        if split:
+            check_model(cfg, np.asarray(metrics[split]["confusion_matrix"]), labels, f"{split} ({path.parent})")
+        return dynamics_probs(dyn["probs"]), None, source
+    cache = cfg.workpath / "cache" / f"oof-{cfg.method}-{cfg.folds}-{_version_key(cfg, train_ds)}.npy"
+    probs = _load_cache(cache, (len(labels), len(names)))
+    feats = extract_features(cfg, train_ds) if cfg.method == "features" else None
+    if probs is None:
+        if feats is not None:
+            probs = oof_logreg(feats, labels, len(names), cfg.folds, cfg.seed)
+        else:
+            probs = oof_finetune(cfg, train_ds, cfg.folds, progress=log.info)
+        save_npy(cache, probs)  # atomic: a kill never leaves half a cache
+    from sklearn.metrics import confusion_matrix
+
+    check_model(cfg, confusion_matrix(labels, probs.argmax(1), labels=range(len(names))), labels,
+                f"held-out folds of train ({cfg.folds}-fold {cfg.method})")
+    return probs, feats, f"{cfg.folds}-fold out-of-fold {cfg.method}"
+
+
+def _load_cache(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """The cached array, or None when there is none or it is unreadable or of another shape (then it is redone)."""
+    if not path.exists():
+        return None
+    try:
+        probs = np.load(path)
+    except (ValueError, OSError, EOFError) as exc:
+        log.warning("out-of-fold cache %s is unreadable (%s): computing it again", path, exc)
+        return None
+    return probs if probs.shape == shape else None
+
+
+def check_model(cfg: Config, confusion: np.ndarray, train_labels: np.ndarray, where: str) -> None:
+    """Stop when the model behind the flags is not clearly better than predicting the train majority class.
+
+    confusion: (C, C) counts of the model on held-out data (rows = true class). A model that
+    predicts one class for everything "doubts" every label of the other classes: its flags are noise.
+    """
+    from cleanloop.loops.flag import baseline_guard, majority_baseline
+
+    if cfg.min_gain_over_baseline <= 0:
+        return
+    confusion = np.asarray(confusion)
+    total = confusion.sum()
+    metrics = {"accuracy": float(np.trace(confusion) / total),
+               "macro_f1": float(np.mean([2 * confusion[c, c] / max(confusion[c].sum() + confusion[:, c].sum(), 1)
+                                          for c in range(len(confusion))]))}
+    why = baseline_guard(metrics, majority_baseline(confusion, int(np.bincount(train_labels).argmax())),
+                         cfg.min_gain_over_baseline)
+    if why:
+        raise WeakModelError(
+            f"the model behind the flags is not clearly better than always predicting the majority class on {where}: "
+            f"{why}, so its flags would be noise; fix: train longer (--epochs 3 or more), label more data, "
+            "or use --flag-source oof --method features (--min-gain-over-baseline 0 skips this check)"
+        )
+
+
+def _version_key(cfg: Config, ds) -> str:
+    """A key for this dataset version and these training settings (cache of out-of-fold scores)."""
+    import hashlib
+
+    h = hashlib.sha1(json.dumps({k: v for k, v in cfg.to_dict().items() if k not in ("workdir", "max_review")},
+                                sort_keys=True).encode())
+    for i, label in zip(ds["id"], ds["label"]):
+        h.update(f"{i}\0{label}\0".encode())
+    return h.hexdigest()[:16]
