@@ -339,6 +339,7 @@ def wait_for_reviews(client, cfg: Config, ids: list[str], min_reviewed: int, tim
     raise :class:`CleanloopError`. Returns how many were answered.
     """
     import httpx
+    from argilla._exceptions import ArgillaError
 
     from cleanloop.labeling import argilla_io as aio
 
@@ -354,7 +355,7 @@ def wait_for_reviews(client, cfg: Config, ids: list[str], min_reviewed: int, tim
             if feed:
                 feed(done)
             failures = 0
-        except (CleanloopError, httpx.TransportError) as exc:  # a blip between polls: ask again
+        except (CleanloopError, httpx.HTTPError, ArgillaError) as exc:  # a blip between polls (a busy server): ask again
             failures += 1
             if failures >= 3:
                 raise CleanloopError(f"lost Argilla at {cfg.argilla_url} while waiting for reviews ({exc}); fix: "

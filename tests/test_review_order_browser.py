@@ -60,8 +60,8 @@ def test_annotator_sees_the_queue_most_suspicious_first(argilla_server, tmp_path
     pusher.feed(0)
     assert pusher.pushed == 1
     feeder = threading.Thread(target=wait_for_reviews, daemon=True,
-                              args=(client, cfg, pusher.ids, 3, 120, 0.3), kwargs={"feed": pusher.feed})
-    feeder.start()
+                              args=(client, cfg, pusher.ids, 3, 900, 0.3), kwargs={"feed": pusher.feed})
+    feeder.start()  # feeds until 3 are answered: a slow CI machine must not outlast it
     dataset = aio.get_dataset(client, cfg)
 
     browser = _browser(tmp_path / "chromium-profile")
