@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
 import sys
 import threading
@@ -41,7 +40,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, machine, use_device
+from common import RESULTS, fresh_dir, machine, use_device
 
 # bench/ holds argilla.py: drop the folder from the path so `import argilla` is the SDK, not that script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -113,9 +112,7 @@ class Annotator(threading.Thread):
 
 def run_one(strategy: str, seed: int, data: dict, args, cfg: Config, home: Path, keys: dict) -> dict:
     """One session from zero labels to --max-labels; the per-batch record and the curve."""
-    folder = Path(args.workdir) / "runs" / f"{strategy}-{seed}"
-    if folder.exists():  # a fresh session each time (this folder is the bench's own)
-        shutil.rmtree(folder)
+    folder = fresh_dir(Path(args.workdir) / "runs" / f"{strategy}-{seed}")  # a fresh session each time
     run_cfg = cfg.replace(workdir=str(folder),
                           argilla_dataset=f"bench-{strategy}-{seed}-{int(time.time())}")
     opts = online.SessionOptions(strategy=strategy, batch_size=args.batch, max_labels=args.max_labels,
@@ -218,8 +215,6 @@ def plot(runs: dict, extra: dict, path: Path, title: str) -> None:
 
 def load(args, cfg: Config) -> dict:
     """The pool as a text-only file loaded like a user's, gold labels aside, and the embeddings (cached)."""
-    import pandas as pd
-
     dd = load_data(cfg.replace(label_names=[]))
     names = dd["train"].features["label"].names
     train = dd["train"].to_pandas()

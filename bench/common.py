@@ -65,3 +65,18 @@ def use_device(name: str) -> None:
 
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: no CUDA device here; fix: run on a GPU machine or pass --device cpu")
+
+
+def fresh_dir(path: Path) -> Path:
+    """Empty ``path`` for a new run: only a folder a bench made (its marker file) or an empty one is
+    removed; anything else stops the bench, so a mistyped --workdir never deletes a user's files."""
+    import shutil
+
+    path = Path(path)
+    marker = path / ".cleanloop-bench"
+    if path.exists() and any(path.iterdir()) and not marker.exists():
+        raise SystemExit(f"{path} is not empty and was not made by a cleanloop bench; fix: pass another --workdir")
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, mode=0o700)
+    marker.touch()
+    return path

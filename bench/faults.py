@@ -222,15 +222,13 @@ def main() -> None:
         return drive(args.drive, args.kill, args.events_out)
 
     import numpy as np
-    from common import machine, update_results
+    from common import fresh_dir, machine, update_results
     from loop import _free_port, write_noisy_data  # (takes bench/ off the path)
 
     from cleanloop.config import Config
     from cleanloop.labeling.server import credentials, down, up
 
-    root = Path(args.workdir).absolute()
-    if root.exists():
-        shutil.rmtree(root)  # the benchmark's own scratch folder
+    root = fresh_dir(Path(args.workdir).absolute())  # the benchmark's own scratch folder
     base = Config(method="features", max_train_samples=args.train, seed=args.seed)
     truth, names = write_noisy_data(base, root / "data", args.seed, args.eval)
     home = root / "argilla"

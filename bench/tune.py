@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -62,7 +61,7 @@ def main() -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t_start = time.perf_counter()
     import torch
-    from common import update_results
+    from common import fresh_dir, update_results
 
     from cleanloop.config import Config
     from cleanloop.errors import CleanloopError
@@ -80,9 +79,7 @@ def main() -> int:
     device = torch.cuda.get_device_name(0) if gpu else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     say(f"device {device}; torch {torch.__version__}; bf16 training: {gpu and torch.cuda.is_bf16_supported()}")
 
-    work = Path(args.workdir) / ("cuda" if gpu else "cpu")
-    if work.exists():
-        shutil.rmtree(work)  # the bench's own folder: a fresh study every run
+    work = fresh_dir(Path(args.workdir) / ("cuda" if gpu else "cpu"))  # a fresh study every run
     recipe = dict(epochs=4.0, learning_rate=1.5e-4, label_smoothing=0.1, batch_size=32, weight_decay=0.01,
                   warmup_ratio=0.06, class_weights=False)
     cfg = Config(dataset=str(bundled_emotion_dir()), workdir=str(work), record_dynamics=False,
