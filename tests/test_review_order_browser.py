@@ -9,6 +9,7 @@ time (``review_wave`` 1) and pushes the next as each is answered (``WavePusher``
 from __future__ import annotations
 
 import threading
+import time
 
 import datasets
 import pandas as pd
@@ -39,15 +40,25 @@ def review_queue() -> pd.DataFrame:
     })
 
 
-def _shown_or_reload(browser, by):
+class _ShownOrReload:
     """The queue entry on screen, or None. Argilla's UI does not look for new records by itself: an
-    annotator who answers before the next wave arrives sees "The task is completed!" and reloads, as
-    the README says; so does this test."""
-    body = browser.find_element(by.TAG_NAME, "body").text
-    if "task is completed" in body:
-        browser.refresh()
-        return None
-    return next((q for q in QUEUE if q[1] in body), None)
+    annotator who answers before the next wave arrives sees an empty queue ("The task is completed!")
+    and reloads, as the README says; so does this test, whatever the empty page says, every few
+    seconds while no queue record is on screen."""
+
+    def __init__(self, feeder, every=5.0):
+        self.feeder, self.every, self.last = feeder, every, time.monotonic()
+
+    def __call__(self, browser):
+        from selenium.webdriver.common.by import By
+
+        body = browser.find_element(By.TAG_NAME, "body").text
+        shown = next((q for q in QUEUE if q[1] in body), None)
+        assert shown or self.feeder.is_alive(), "the feeder stopped before the next record was pushed"
+        if shown is None and time.monotonic() - self.last > self.every:
+            browser.refresh()
+            self.last = time.monotonic()
+        return shown
 
 
 def test_annotator_sees_the_queue_most_suspicious_first(argilla_server, tmp_path):
@@ -68,9 +79,10 @@ def test_annotator_sees_the_queue_most_suspicious_first(argilla_server, tmp_path
     seen = []
     try:
         wait = sign_in(browser, argilla_server)
+        shown_or_reload = _ShownOrReload(feeder)
         browser.get(f"{argilla_server.url}/dataset/{dataset.id}/annotation-mode")
         for rank, (_, text, given, suggested, copies) in enumerate(QUEUE[:3], start=1):
-            shown = wait.until(lambda b: _shown_or_reload(b, By))
+            shown = wait.until(shown_or_reload)
             seen.append(QUEUE.index(shown) + 1)
             assert shown[1] == text, f"record {rank} the annotator saw is rank {seen[-1]}: {seen}"
             body = browser.find_element(By.TAG_NAME, "body").text
