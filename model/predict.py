@@ -41,10 +41,10 @@ class Predictor:
     """A text classifier loaded from a folder: a fine-tuned cleanloop model, a
     ``--method features`` run (frozen encoder + logistic regression), an ensemble
     (``cleanloop train --ensemble N``, see :class:`EnsemblePredictor`), or any Hub /
-    local sequence-classification model with ``id2label``.
+    local sequence-classification model with ``id2label``::
 
-    >>> p = Predictor.load("runs/emotion/model")
-    >>> p.predict(["i feel great"])[0].label
+        p = Predictor.load("runs/emotion/model")
+        p.predict(["i feel great"])[0].label   # 'joy'
     """
 
     def __init__(

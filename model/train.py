@@ -72,10 +72,10 @@ def evaluate_splits(probs_by_split: dict[str, tuple[np.ndarray, np.ndarray]], na
 
 
 class ClassifierTrainer:
-    """Train, evaluate and save a classifier as ``cfg`` says.
+    """Train, evaluate and save a classifier as ``cfg`` says::
 
-    >>> result = ClassifierTrainer(cfg).train(dataset_dict)
-    >>> result.metrics["test"]["accuracy"]
+        result = ClassifierTrainer(cfg).train(dataset_dict)
+        result.metrics["test"]["accuracy"]
     """
 
     def __init__(self, cfg: Config, callbacks: tuple = ()):
