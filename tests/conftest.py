@@ -68,7 +68,7 @@ class ArgillaServer:
 @pytest.fixture(scope="session")
 def argilla_server(tmp_path_factory):
     from cleanloop.config import Config
-    from cleanloop.labeling.server import credentials, down, up
+    from cleanloop.labeling.embedded import credentials, down, up
 
     workdir = tmp_path_factory.mktemp("argilla-run")
     cfg = Config(
