@@ -52,7 +52,7 @@ async def sync_users(workspace: str, users: list[tuple[str, str]]) -> dict[str, 
     from argilla_server.models import User, Workspace, WorkspaceUser
     from sqlalchemy import select
 
-    from cleanloop.labeling.embedded.credentials import user_secrets
+    from cleanloop.labeling.embedded.accounts import user_secrets
 
     home = Path(os.environ["ARGILLA_HOME_PATH"])
     changes: dict[str, list[str]] = {"created": [], "updated": [], "disabled": []}

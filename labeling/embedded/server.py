@@ -5,7 +5,7 @@ database in SQLite and the SQLite search engine of :mod:`cleanloop.labeling.embe
 Everything listens on 127.0.0.1 and lives in one folder, the *Argilla home*
 (default ``<workdir>/argilla``, so each experiment keeps its review data next to its
 model and scores; pass ``home=`` or set ``CLEANLOOP_ARGILLA_HOME`` to share one server between
-experiments; :func:`~cleanloop.labeling.embedded.credentials.resolve_home`)::
+experiments; :func:`~cleanloop.labeling.embedded.accounts.resolve_home`)::
 
     <home>/argilla.db          Argilla's database (users, datasets, records, responses)
     <home>/search.sqlite       the search index (rebuilt from argilla.db if missing or stale)
@@ -23,7 +23,7 @@ The stack is private to the user who runs it: the home is 0700 and every file in
 socket inside the home (0700) and asks for a password generated into the home.
 
 Users: an owner and the annotators of ``Config.argilla_annotators``, all in
-``Config.argilla_workspace``, with the credentials of :mod:`cleanloop.labeling.embedded.credentials`.
+``Config.argilla_workspace``, with the credentials of :mod:`cleanloop.labeling.embedded.accounts`.
 Every ``up`` makes the server's users
 match: missing ones are created, a changed password or API key is applied, and an annotator no
 longer in ``argilla_annotators`` is disabled (taken out of the workspace, with a new random
@@ -54,7 +54,7 @@ from cleanloop.atomic import write_json, write_text
 from cleanloop.config import Config
 from cleanloop.errors import CleanloopError
 from cleanloop.labeling.embedded import patches
-from cleanloop.labeling.embedded.credentials import (
+from cleanloop.labeling.embedded.accounts import (
     HOME_ENV,
     Credential,
     auth_secret_key,

@@ -1,4 +1,4 @@
-"""Where an embedded Argilla stack lives, who its users are, and its secrets: the one place for all three.
+"""Where an embedded Argilla stack lives, who its users are, and their credentials and secrets: one module for all three.
 
 The *Argilla home* is ``home`` when a caller passes one, else ``$CLEANLOOP_ARGILLA_HOME``, else
 ``<workdir>/argilla`` (:func:`resolve_home`); every command and loop finds it the same way.
