@@ -65,7 +65,7 @@ def _env_name(username: str, what: str) -> str:
     return f"CLEANLOOP_ARGILLA_{re.sub(r'[^A-Za-z0-9]', '_', username).upper()}_{what}"
 
 
-def users(cfg: Config) -> list[tuple[str, str]]:
+def _users(cfg: Config) -> list[tuple[str, str]]:
     """``(username, role)`` of the owner and the configured annotators, names checked."""
     wanted = [(OWNER, "owner")] + [(name, "annotator") for name in cfg.argilla_annotators if name != OWNER]
     for name, _ in wanted:
@@ -86,7 +86,7 @@ def credentials(cfg: Config, home: str | Path | None = None, *, create: bool = F
     path = resolve_home(cfg, home) / "credentials.json"
     stored = json.loads(path.read_text()) if path.exists() else {}
     result, changed = {}, False
-    for name, role in users(cfg):
+    for name, role in _users(cfg):
         entry = dict(stored.get(name, {}))
         sources = []
         for what, key, make in (("PASSWORD", "password", 18), ("API_KEY", "api_key", 32)):

@@ -147,8 +147,13 @@ def check() -> dict[str, list[str]]:
     return {patch.name: _differences(patch) for patch in PATCHES}
 
 
-def _replace(owner, name: str, value, target: str) -> None:
-    _originals.setdefault(target, inspect.getattr_static(owner, name))
+def _replace(module: str, attribute: str, value) -> None:
+    """Set ``module``'s ``attribute`` (dotted) to ``value``, keeping the original for :func:`check`."""
+    *path, name = attribute.split(".")
+    owner = importlib.import_module(module)
+    for part in path:
+        owner = getattr(owner, part)
+    _originals.setdefault(f"{module}.{attribute}", inspect.getattr_static(owner, name))
     setattr(owner, name, value)
 
 
@@ -199,7 +204,6 @@ _DB = "argilla_server.models.database"
     Target(_DB, "MetadataProperty.parsed_settings", "263c9f47b2de7832"),
 )
 def _type_adapter_per_type(app) -> None:
-    from argilla_server.models import database
     from pydantic import TypeAdapter
 
     adapters: dict[int, tuple[object, TypeAdapter]] = {}
@@ -210,7 +214,7 @@ def _type_adapter_per_type(app) -> None:
             hit = adapters[id(tp)] = (tp, TypeAdapter(tp))
         return hit[1]
 
-    _replace(database, "TypeAdapter", cached_type_adapter, f"{_DB}.TypeAdapter")  # the name parsed_settings looks up
+    _replace(_DB, "TypeAdapter", cached_type_adapter)  # the name parsed_settings looks up
 
 
 @_patch(
@@ -232,8 +236,7 @@ def _webhook_events_when_subscribed(app) -> None:
             return []
         return await notify(db, record_event, record)
 
-    _replace(records_bulk, "notify_record_event_v1", notify_if_subscribed,
-             "argilla_server.bulk.records_bulk.notify_record_event_v1")
+    _replace("argilla_server.bulk.records_bulk", "notify_record_event_v1", notify_if_subscribed)
 
 
 @_patch(
@@ -263,8 +266,7 @@ def _upsert_rows_as_parameters(app) -> None:
             await db.commit()
         return result.scalars().all()
 
-    _replace(mixins.CRUDMixin, "upsert_many", classmethod(upsert_many),
-             "argilla_server.models.mixins.CRUDMixin.upsert_many")
+    _replace("argilla_server.models.mixins", "CRUDMixin.upsert_many", classmethod(upsert_many))
 
 
 @_patch(
@@ -287,7 +289,7 @@ def _parsed_settings_memo(app) -> None:
                 vars(self)["_cleanloop_parsed_settings"] = memo
             return memo[1]
 
-        _replace(model, "parsed_settings", property(parsed_settings), f"{_DB}.{model.__name__}.parsed_settings")
+        _replace(_DB, f"{model.__name__}.parsed_settings", property(parsed_settings))
 
 
 _VALIDATORS = "argilla_server.validators.records"
@@ -302,8 +304,6 @@ _VALIDATORS = "argilla_server.validators.records"
 def _record_validation_without_orm_record(app) -> None:
     from types import SimpleNamespace
 
-    from argilla_server.validators import records as record_validators
-
     async def validate_new_record(cls, record_create, dataset):
         record = SimpleNamespace(fields=record_create.fields, dataset=dataset)  # what the checks read
         cls._validate_fields(record_create.fields, dataset)
@@ -312,8 +312,7 @@ def _record_validation_without_orm_record(app) -> None:
         cls._validate_vectors(record_create.vectors, dataset)
         await cls._validate_responses(record_create.responses, dataset, record=record)
 
-    _replace(record_validators.RecordCreateValidator, "validate", classmethod(validate_new_record),
-             f"{_VALIDATORS}.RecordCreateValidator.validate")
+    _replace(_VALIDATORS, "RecordCreateValidator.validate", classmethod(validate_new_record))
 
 
 @_patch("membership-memo", Target(_DB, "User.is_member", "ffa28a00107bc6cc"))
@@ -331,7 +330,7 @@ def _membership_memo(app) -> None:
             hit = memo[workspace_id] = (await is_member(self, workspace_id), time.monotonic())
         return hit[0]
 
-    _replace(database.User, "is_member", is_member_remembered, f"{_DB}.User.is_member")
+    _replace(_DB, "User.is_member", is_member_remembered)
 
 
 # --- the Starlette changes, on this app's routes only ----------------------------------------------
