@@ -28,8 +28,10 @@ def _probe(sha: str, *, required: bool = False) -> tuple[patches.Patch, list]:
     return patches.Patch("probe", (target,), installed.append, required=required), installed
 
 
-def test_a_changed_target_skips_its_patch_with_one_warning_line(caplog):
+def test_a_changed_target_skips_its_patch_with_one_warning_line(caplog, monkeypatch):
     import json as json_module
+
+    monkeypatch.setenv(patches.SWITCH, "on")  # also when the suite runs with the patches off
 
     good, installed = _probe(patches.fingerprint(json_module.dumps))
     assert patches.apply("app", registry=[good]) == {"probe": "applied"} and installed == ["app"]
