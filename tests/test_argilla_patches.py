@@ -100,6 +100,16 @@ def test_the_test_server_applied_every_patch_or_none_when_switched_off(argilla_s
     wanted = "applied" if patches.enabled() else "off"
     assert all(outcome[p.name] == ("applied" if p.required else wanted) for p in patches.PATCHES), outcome
 
+    from click.testing import CliRunner
+
+    import cleanloop.cli  # noqa: F401  (registers the commands)
+    from cleanloop.cli.options import app
+
+    args = ["--workdir", argilla_server.cfg.workdir, "--argilla-url", argilla_server.url, "--home", str(argilla_server.home)]
+    shown = CliRunner().invoke(app, ["argilla", "status", *args]).output
+    applied = sum(o == "applied" for o in outcome.values())
+    assert f"argilla-server patches: {applied} applied" in shown, shown
+
 
 def test_home_resolution_is_one_rule_for_every_command(tmp_path, monkeypatch):
     from click.testing import CliRunner
