@@ -22,10 +22,9 @@ def test_canary_every_patch_target_is_the_code_it_was_written_for():
     assert len({p.name for p in patches.PATCHES}) == len(patches.PATCHES) == 8
 
 
-def _probe(sha: str, *, required: bool = False) -> tuple[patches.Patch, list]:
+def _probe(sha: str) -> tuple[patches.Patch, list]:
     installed = []
-    target = patches.Target("json", "dumps", sha)
-    return patches.Patch("probe", (target,), installed.append, required=required), installed
+    return patches.Patch("probe", (patches.Target("json", "dumps", sha),), installed.append), installed
 
 
 def test_a_changed_target_skips_its_patch_with_one_warning_line(caplog, monkeypatch):
@@ -45,10 +44,6 @@ def test_a_changed_target_skips_its_patch_with_one_warning_line(caplog, monkeypa
 
     gone = patches.Patch("gone", (patches.Target("json", "no_such_function", "0123456789abcdef"),), installed.append)
     assert patches.apply("app", registry=[gone])["gone"].startswith("skipped: json.no_such_function is gone")
-
-    required, installed = _probe("0123456789abcdef", required=True)
-    with pytest.raises(CleanloopError, match="patch 'probe' is required but json.dumps changed"):
-        patches.apply("app", registry=[required])
 
 
 def test_the_switch_turns_the_optional_patches_off(monkeypatch, tmp_path):
@@ -98,7 +93,7 @@ def test_the_test_server_applied_every_patch_or_none_when_switched_off(argilla_s
     outcome = json.loads((argilla_server.home / "run" / "patches.json").read_text())
     assert set(outcome) == {p.name for p in patches.PATCHES}
     wanted = "applied" if patches.enabled() else "off"
-    assert all(outcome[p.name] == ("applied" if p.required else wanted) for p in patches.PATCHES), outcome
+    assert all(outcome[p.name] == wanted for p in patches.PATCHES), outcome
 
     from click.testing import CliRunner
 
