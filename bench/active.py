@@ -47,7 +47,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 from cleanloop.atomic import write_text  # noqa: E402
 from cleanloop.config import Config, load_config  # noqa: E402
-from cleanloop.labeling.server import credentials, down, up  # noqa: E402
+from cleanloop.labeling.embedded import credentials, down, up  # noqa: E402
 from cleanloop.loops import online  # noqa: E402
 from cleanloop.model.data import load_data, stratified_sample  # noqa: E402
 

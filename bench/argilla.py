@@ -3,7 +3,7 @@
     python bench/argilla.py                  # 3 + 3 x 16,000 records, 200 searches (about 3 min on 2 cores)
     python bench/argilla.py --records 2000   # a quick check
 
-Starts a fresh embedded server (``cleanloop.labeling.server.up``, --workers server processes)
+Starts a fresh embedded server (``cleanloop.labeling.embedded.up``, --workers server processes)
 in a temporary home and logs records of the issue's shape (text, a label suggestion with its
 score, 4 metadata properties, a random 384-d vector) two ways, alternating, --repeats times each,
 each run into a new dataset:
@@ -38,7 +38,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 from cleanloop.config import Config
 from cleanloop.labeling.argilla_io import log_records
-from cleanloop.labeling.server import credentials, down, up
+from cleanloop.labeling.embedded import credentials, down, up
 
 LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 WORDS = "i feel so really quite very not happy sad angry calm afraid surprised loved today again".split()

@@ -226,7 +226,7 @@ def main() -> None:
     from loop import _free_port, write_noisy_data  # (takes bench/ off the path)
 
     from cleanloop.config import Config
-    from cleanloop.labeling.server import credentials, down, up
+    from cleanloop.labeling.embedded import credentials, down, up
 
     root = fresh_dir(Path(args.workdir).absolute())  # the benchmark's own scratch folder
     base = Config(method="features", max_train_samples=args.train, seed=args.seed)

@@ -39,7 +39,7 @@ from noise import inject_noise
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from cleanloop.config import Config  # noqa: E402
-from cleanloop.labeling.server import credentials, down, up  # noqa: E402
+from cleanloop.labeling.embedded import credentials, down, up  # noqa: E402
 from cleanloop.loops.retrain import LoopOptions, loop_root, run_loop, versions_root  # noqa: E402
 from cleanloop.loops.versions import load_version, version_dir  # noqa: E402
 from cleanloop.model.data import load_data  # noqa: E402

@@ -290,7 +290,7 @@ def api_key(cfg: Config, home: str | Path | None = None) -> str:
     key = os.environ.get("ARGILLA_API_KEY")
     if key:
         return key
-    from cleanloop.labeling.server import OWNER, credentials
+    from cleanloop.labeling.embedded.accounts import OWNER, credentials
 
     creds = credentials(cfg, home)
     if OWNER in creds:

@@ -35,9 +35,18 @@ def make_emotion_slice(tmp_path_factory):
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below Linux's ephemeral range (32768+): there, an outgoing connection of another
+    process can take the port between this check and the server binding it ("Address already in use")."""
+    import random
+
+    for port in random.sample(range(20000, 32768), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32767")
 
 
 @dataclass
@@ -68,7 +77,7 @@ class ArgillaServer:
 @pytest.fixture(scope="session")
 def argilla_server(tmp_path_factory):
     from cleanloop.config import Config
-    from cleanloop.labeling.server import credentials, down, up
+    from cleanloop.labeling.embedded import credentials, down, up
 
     workdir = tmp_path_factory.mktemp("argilla-run")
     cfg = Config(

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from cleanloop.labeling.search_engine import _epoch, to_fts_query
+from cleanloop.labeling.embedded.search_engine import _epoch, to_fts_query
 
 N = 40
 WORDS = ["happy", "sad", "angry", "calm"]
@@ -361,7 +361,7 @@ def test_similarity_search_by_record_excludes_it(argilla_server, review):
 
 
 def test_annotator_removed_from_workspace_loses_access_at_the_next_request(argilla_server):
-    # the embedded app remembers workspace membership on each request's user object (labeling/_app.py)
+    # the embedded app remembers workspace membership on each request's user object (labeling/embedded/patches.py)
     import argilla as rg
 
     client = argilla_server.client()
@@ -381,7 +381,7 @@ def test_annotator_removed_from_workspace_loses_access_at_the_next_request(argil
 
 
 def test_relogging_updates_suggestions_vectors_and_metadata_in_place(argilla_server):
-    # a bulk upsert of known ids updates their rows (labeling/_app.py runs upsert_many with the rows as parameters)
+    # a bulk upsert of known ids updates their rows (labeling/embedded/patches.py runs upsert_many with the rows as parameters)
     import argilla as rg
 
     client = argilla_server.client()

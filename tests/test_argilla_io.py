@@ -194,7 +194,7 @@ def test_log_records_refused_by_the_server_is_a_clear_error(argilla_server, monk
     bad = rg.Record(id="bad-1", fields={"text": "three numbers"}, vectors={aio.VECTOR: [1.0, 0.0, 0.0]})
     with pytest.raises(CleanloopError, match=r"refused 1 records \(bad-1 \.\.\.\).*HTTP 422.*fix:"):
         aio.log_records(client, ds, [bad])
-    # a new record's suggestion and response are checked against the dataset's question (labeling/_app.py)
+    # a new record's suggestion and response are checked against the dataset's question (labeling/embedded/patches.py)
     unknown = rg.Record(id="bad-2", fields={"text": "x"}, suggestions=[rg.Suggestion(aio.QUESTION, "no-such-label")])
     with pytest.raises(CleanloopError, match=r"HTTP 422.*no-such-label"):
         aio.log_records(client, ds, [unknown])

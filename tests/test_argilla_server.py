@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from cleanloop.cli.options import app
 from cleanloop.config import Config
 from cleanloop.errors import CleanloopError
-from cleanloop.labeling import server
+from cleanloop.labeling import embedded as server
 
 
 def _cli_args(argilla_server) -> list[str]:
@@ -157,7 +157,7 @@ def test_restart_keeps_data_logins_and_index(argilla_server):
 
 
 def test_bulk_replies_are_uncompressed_and_close_their_connection(argilla_server):
-    # labeling/_app.py BulkReplies: keep-alive would pin a client's connection to one server process,
+    # labeling/embedded/_app.py BulkReplies: keep-alive would pin a client's connection to one server process,
     # and Brotli on a localhost echo of 500 vectors only costs CPU
     import argilla as rg
 

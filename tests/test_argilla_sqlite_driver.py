@@ -1,4 +1,4 @@
-"""The in-loop SQLite driver of the embedded Argilla server (``labeling/_sqlite_driver.py``)."""
+"""The in-loop SQLite driver of the embedded Argilla server (``labeling/embedded/_sqlite_driver.py``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy import Column, Integer, String, select, text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import declarative_base
 
-from cleanloop.labeling import _sqlite_driver
+from cleanloop.labeling.embedded import _sqlite_driver
 
 Base = declarative_base()
 

@@ -16,7 +16,7 @@ def test_wheel_holds_only_the_cleanloop_package_and_the_bundled_data(tmp_path):
     wheel = next(tmp_path.glob("cleanloop-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"cleanloop", wheel.name.split("-py3")[0] + ".dist-info"}
-    for must in ("cleanloop/model/data.py", "cleanloop/labeling/server.py", "cleanloop/loops/flag.py",
+    for must in ("cleanloop/model/data.py", "cleanloop/labeling/embedded/server.py", "cleanloop/loops/flag.py",
                  "cleanloop/cli/__init__.py", "cleanloop/model/datasets/emotion/train.parquet"):
         assert must in names, must
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import redis
 
-from cleanloop.labeling import server
+from cleanloop.labeling import embedded as server
 from cleanloop.labeling.argilla_io import ReviewWaker
 
 

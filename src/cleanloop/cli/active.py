@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cleanloop.cli.loop import ReviewProgress, _home_option, review_wait_options
+from cleanloop.cli.argilla import home_option
+from cleanloop.cli.loop import ReviewProgress, review_wait_options
 from cleanloop.cli.options import app, config_options, writes_workdir
 from cleanloop.config import Config
 from cleanloop.loops.active import ActiveOptions
@@ -13,7 +14,7 @@ from cleanloop.loops.strategies import STRATEGIES
 
 @app.command()
 @config_options
-@_home_option
+@home_option
 @click.option("--strategy", type=click.Choice(sorted(STRATEGIES)), default="diversity", show_default=True,
               help="How to pick the next batch (the first batch of a pool without labels: coverage; activelab, "
                    "which may pick labelled examples again, only with --full-retrain).")

@@ -7,18 +7,20 @@ import click
 from cleanloop.cli.options import app, config_options
 from cleanloop.config import Config
 
-_HOME_HELP = "Argilla home: database, search index, credentials, logs (default: WORKDIR/argilla)."
-
-
-def _home_option(func):
-    return click.option(
-        "--home", type=click.Path(file_okay=False), default=None, envvar="CLEANLOOP_ARGILLA_HOME", help=_HOME_HELP
-    )(func)
+home_option = click.option(
+    "--home", type=click.Path(file_okay=False), default=None,
+    help="Embedded Argilla home: its database, credentials (the owner's API key; ARGILLA_API_KEY wins) and logs "
+         "(default: $CLEANLOOP_ARGILLA_HOME, else WORKDIR/argilla).",
+)
 
 
 def _echo_processes(st) -> None:
     for name, pid in st.processes.items():
         click.echo(f"  {name:<7} {'pid ' + str(pid) if pid else 'not running'}")
+    if st.patches:
+        applied = sum(outcome == "applied" for outcome in st.patches.values())
+        others = [f"{name} ({outcome})" for name, outcome in st.patches.items() if outcome != "applied"]
+        click.echo(f"argilla-server patches: {applied} applied" + (f"; not applied: {', '.join(others)}" if others else ""))
 
 
 @app.group()
@@ -28,7 +30,7 @@ def argilla() -> None:
 
 @argilla.command("up")
 @config_options
-@_home_option
+@home_option
 @click.option("--timeout", type=float, default=180.0, show_default=True, help="Seconds to wait for a healthy server.")
 def argilla_up(cfg: Config, home: str | None, timeout: float) -> None:
     """Start Redis, the Argilla server and its worker on 127.0.0.1 and wait until healthy.
@@ -36,7 +38,7 @@ def argilla_up(cfg: Config, home: str | None, timeout: float) -> None:
     Running again is safe: a running stack keeps running, and its users are made to match the
     config and the CLEANLOOP_ARGILLA_<USER>_PASSWORD / _API_KEY environment.
     """
-    from cleanloop.labeling.server import credentials, mask, up
+    from cleanloop.labeling.embedded import credentials, mask, up
 
     st = up(cfg, home, timeout=timeout)
     if st.started:
@@ -57,22 +59,22 @@ def argilla_up(cfg: Config, home: str | None, timeout: float) -> None:
 
 @argilla.command("down")
 @config_options
-@_home_option
+@home_option
 def argilla_down(cfg: Config, home: str | None) -> None:
     """Stop what 'argilla up' started for this home; the data stays."""
-    from cleanloop.labeling.server import default_home, down
+    from cleanloop.labeling.embedded import down, resolve_home
 
     stopped = down(cfg, home)
-    where = home or default_home(cfg)
+    where = resolve_home(cfg, home)
     click.echo(f"stopped {', '.join(stopped)} ({where})" if stopped else f"nothing was running for {where}")
 
 
 @argilla.command("status")
 @config_options
-@_home_option
+@home_option
 def argilla_status(cfg: Config, home: str | None) -> None:
     """Say whether the embedded Argilla runs for this home, and where."""
-    from cleanloop.labeling.server import status
+    from cleanloop.labeling.embedded import status
 
     st = status(cfg, home)
     state = "running" if st.running else ("partly running" if any(st.processes.values()) else "not running")

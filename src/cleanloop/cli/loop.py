@@ -7,16 +7,13 @@ from pathlib import Path
 
 import click
 
+from cleanloop.cli.argilla import home_option
 from cleanloop.cli.options import app, config_options, writes_workdir
 from cleanloop.config import Config
 from cleanloop.errors import CleanloopError
 
 log = logging.getLogger("cleanloop")
 
-_home_option = click.option(
-    "--home", type=click.Path(file_okay=False), default=None,
-    help="Embedded Argilla home, for its owner API key (default: WORKDIR/argilla); ARGILLA_API_KEY wins.",
-)
 
 
 def _latest_round(cfg: Config) -> int:
@@ -38,7 +35,7 @@ def review_wait_options(func):
 
 @app.command()
 @config_options
-@_home_option
+@home_option
 @click.option("--round", "rnd", type=int, default=None, help="Review round written on the records (default: next).")
 @click.option("--queue", "queue_path", type=click.Path(dir_okay=False), default=None,
               help="Review queue parquet (default: WORKDIR/flags/review_queue.parquet from 'cleanloop flag').")
@@ -108,7 +105,7 @@ def _bar(non_interactive: bool, total: int | None, desc: str):
 
 @app.command()
 @config_options
-@_home_option
+@home_option
 @click.option("--round", "rnd", type=int, default=None, help="Round these answers belong to (default: next).")
 @click.option("--non-interactive", is_flag=True, help="No progress bar (CI).")
 @writes_workdir
@@ -224,7 +221,7 @@ class ReviewProgress:
 
 @app.command("retrain-loop")
 @config_options
-@_home_option
+@home_option
 @click.option("--rounds", type=int, default=1, show_default=True, help="Review rounds before the final retrain.")
 @review_wait_options
 @click.option("--webhooks", is_flag=True,

@@ -1,4 +1,4 @@
-"""The Argilla server process that ``cleanloop argilla up`` starts (``python -m cleanloop.labeling._serve``).
+"""The Argilla server process that ``cleanloop argilla up`` starts (``python -m cleanloop.labeling.embedded._serve``).
 
 It prepares the database and then serves, in one process so ``argilla_server`` is
 imported once: migrate to the newest schema (alembic, from Python: the server's own
@@ -7,17 +7,19 @@ typer CLI does not run with this click), make the users match ``--users`` (see
 index in line with the database (re-index a dataset whose counts differ, e.g. after the index
 file was lost), then run uvicorn on 127.0.0.1. ``--sync-only`` does the user and webhook part
 on the database of a server that runs already, and exits. What changed is written to
-``<home>/run/users.json``. The ``ARGILLA_*`` environment is set by :func:`cleanloop.labeling.server.up`.
+``<home>/run/users.json``. The ``ARGILLA_*`` environment is set by :func:`cleanloop.labeling.embedded.server.up`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 from pathlib import Path
+
+from cleanloop.atomic import write_json
+from cleanloop.labeling.embedded.boot import boot
 
 log = logging.getLogger("cleanloop.argilla.serve")
 DISABLED = "disabled-"  # the API key of a disabled annotator starts with it
@@ -29,19 +31,6 @@ def migrate() -> None:
     from argilla_server.database import ALEMBIC_CONFIG_FILE
 
     command.upgrade(AlembicConfig(ALEMBIC_CONFIG_FILE), "head")
-
-
-def _secrets(username: str) -> tuple[str, str]:
-    def env(what: str) -> str | None:
-        import re
-
-        return os.environ.get(f"CLEANLOOP_ARGILLA_{re.sub(r'[^A-Za-z0-9]', '_', username).upper()}_{what}")
-
-    stored = {}
-    path = Path(os.environ["ARGILLA_HOME_PATH"]) / "credentials.json"
-    if path.exists():
-        stored = json.loads(path.read_text()).get(username, {})
-    return env("PASSWORD") or stored["password"], env("API_KEY") or stored["api_key"]
 
 
 async def sync_users(workspace: str, users: list[tuple[str, str]]) -> dict[str, list[str]]:
@@ -63,6 +52,9 @@ async def sync_users(workspace: str, users: list[tuple[str, str]]) -> dict[str, 
     from argilla_server.models import User, Workspace, WorkspaceUser
     from sqlalchemy import select
 
+    from cleanloop.labeling.embedded.accounts import user_secrets
+
+    home = Path(os.environ["ARGILLA_HOME_PATH"])
     changes: dict[str, list[str]] = {"created": [], "updated": [], "disabled": []}
     wanted = dict(users)
     async with AsyncSessionLocal() as db:
@@ -71,7 +63,7 @@ async def sync_users(workspace: str, users: list[tuple[str, str]]) -> dict[str, 
             ws = await accounts.create_workspace(db, {"name": workspace})
             log.info("created workspace %r", workspace)
         for username, role in users:
-            password, api_key = _secrets(username)
+            password, api_key = user_secrets(home, username)
             user = await accounts.get_user_by_username(db, username)
             if user is None:
                 attrs = UserCreate(first_name=username, username=username, role=role, password=password)
@@ -200,10 +192,7 @@ async def _prepare(workspace: str, users: list[tuple[str, str]], index: bool) ->
     try:
         changes = await sync_users(workspace, users)
         changes["webhooks_removed"] = await remove_dead_webhooks()
-        home = Path(os.environ["ARGILLA_HOME_PATH"])
-        tmp = home / "run" / "users.json.tmp"
-        tmp.write_text(json.dumps(changes, indent=2) + "\n")  # 0600: the stack runs with umask 077
-        os.replace(tmp, home / "run" / "users.json")
+        write_json(Path(os.environ["ARGILLA_HOME_PATH"]) / "run" / "users.json", changes)
         if index:
             await sync_index()
     finally:
@@ -220,11 +209,7 @@ def main() -> None:
     args = parser.parse_args()
     users = [tuple(item.split(":", 1)) for item in args.users.split(",") if item]
 
-    from cleanloop.labeling import _sqlite_driver
-
-    _sqlite_driver.setup()  # the in-loop SQLite driver and pragmas, before argilla_server creates its engines
-    from cleanloop.labeling import search_engine  # noqa: F401  (registers the "sqlite" engine)
-
+    boot()
     if not args.sync_only:
         migrate()
     # alembic's fileConfig replaced the logging set-up: configure ours after it
@@ -238,7 +223,7 @@ def main() -> None:
 
     import uvicorn
 
-    uvicorn.run("cleanloop.labeling._app:app", host="127.0.0.1", port=args.port, log_level="warning",
+    uvicorn.run("cleanloop.labeling.embedded._app:app", host="127.0.0.1", port=args.port, log_level="warning",
                 access_log=False, lifespan="on", workers=args.workers)
 
 

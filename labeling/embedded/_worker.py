@@ -1,4 +1,4 @@
-"""The Argilla job worker (``python -m cleanloop.labeling._worker``), with the SQLite search engine registered.
+"""The Argilla job worker (``python -m cleanloop.labeling.embedded._worker``), with the SQLite search engine registered.
 
 One rq worker on Argilla's ``high`` and ``default`` queues. It forks a work-horse per
 job, as Argilla's own ``WorkerPool`` does; the search engine re-opens its SQLite
@@ -12,11 +12,9 @@ import logging
 
 
 def main() -> None:
-    from cleanloop.labeling import _sqlite_driver
+    from cleanloop.labeling.embedded.boot import boot
 
-    _sqlite_driver.setup()  # before argilla_server creates its engines
-    from cleanloop.labeling import search_engine  # noqa: F401  (registers the "sqlite" engine)
-
+    boot()
     from argilla_server.jobs.queues import DEFAULT_QUEUE, HIGH_QUEUE, REDIS_CONNECTION
     from rq import Worker
 
