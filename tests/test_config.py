@@ -215,3 +215,11 @@ def test_cli_defaults_come_from_the_dataclasses_and_config_prints_groups(tmp_pat
                            "active"]
     assert shown["loop"]["rounds"] == 2 and shown["active"]["batch_size"] == 7
     assert shown["review"]["min_reviewed"] == shown["loop"]["min_reviewed"] == shown["active"]["min_reviewed"] == 3
+
+
+def test_the_config_module_example_runs():
+    import doctest
+
+    import cleanloop.config
+
+    assert doctest.testmod(cleanloop.config).failed == 0

@@ -21,7 +21,7 @@ too. Each command offers the options of the groups it uses (``cleanloop train --
 
 >>> cfg = Config(epochs=2)
 >>> cfg.training.epochs, cfg.epochs, cfg.replace(learning_rate=3e-4).training.learning_rate
-(2.0, 2.0, 0.0003)
+(2, 2, 0.0003)
 """
 
 from __future__ import annotations
