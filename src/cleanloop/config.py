@@ -661,8 +661,8 @@ def _place(settings: _Settings, path: Path, table: str, key: str, value: Any) ->
         raise CleanloopError(f"{path}: unknown key {where}'{key}'{_did_you_mean(key)}; fix: use one of "
                              f"{', '.join(sorted(_FLAT))} (or a key of [loop] or [active])")
     if table:  # a file of before the groups: keys in any table; read, and say where the key goes now
-        log.warning("%s: '%s' in [%s] belongs %s; read from there (move it to silence this)", path, key, table,
-                    "at the top level" if not home else f"in [{home}]")
+        log.warning("%s: '%s' in [%s] belongs %s (read anyway; move it there to silence this warning)", path, key,
+                    table, "at the top level" if not home else f"in [{home}]")
     settings.set(home, key, value, origin, once=True)
 
 
