@@ -113,10 +113,10 @@ class Annotator(threading.Thread):
 def run_one(strategy: str, seed: int, data: dict, args, cfg: Config, home: Path, keys: dict) -> dict:
     """One session from zero labels to --max-labels; the per-batch record and the curve."""
     folder = fresh_dir(Path(args.workdir) / "runs" / f"{strategy}-{seed}")  # a fresh session each time
-    run_cfg = cfg.replace(workdir=str(folder),
+    run_cfg = cfg.replace(workdir=str(folder), seed=seed,
                           argilla_dataset=f"bench-{strategy}-{seed}-{int(time.time())}")
     opts = online.SessionOptions(strategy=strategy, batch_size=args.batch, max_labels=args.max_labels,
-                                 poll_seconds=args.poll_seconds, idle_timeout=120, seed=seed)
+                                 poll_seconds=args.poll_seconds, idle_timeout=120)
     clock = time.monotonic
     annotator = Annotator(cfg.argilla_url, keys["annotator"], run_cfg.argilla_dataset + "-label", data["truth"],
                           args.answer_seconds, clock)

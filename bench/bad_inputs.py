@@ -73,7 +73,8 @@ def make_files(root: Path) -> None:
 
 def cases(root: Path, taken_port: int, dead_port: int) -> list[tuple[str, list[str], str | None]]:
     """(name, cleanloop arguments, standard input or None)."""
-    d = ["--dataset", str(root / "good.csv"), "--workdir", str(root / "run")]
+    w = ["--workdir", str(root / "run")]  # every command; --dataset only those that read the data set
+    d = ["--dataset", str(root / "good.csv"), *w]
     return [
         ("dataset_missing", ["train", "--dataset", str(root / "nowhere.csv")], None),
         ("dataset_no_label_column", ["train", "--dataset", str(root / "nolabel.csv")], None),
@@ -115,26 +116,26 @@ def cases(root: Path, taken_port: int, dead_port: int) -> list[tuple[str, list[s
         ("option_warmup_ratio_two", ["train", *d, "--warmup-ratio", "2"], None),
         ("option_single_label_name", ["train", *d, "--label-names", "joy"], None),
         ("option_epochs_not_a_number", ["train", *d, "--epochs", "three"], None),
-        ("predict_file_not_utf8", ["predict", "--file", str(root / "latin1.txt"), *d], None),
-        ("predict_file_missing", ["predict", "--file", str(root / "nowhere.txt"), *d], None),
-        ("predict_file_wrong_type", ["predict", "--file", str(root / "texts.xlsx"), *d], None),
-        ("predict_file_wrong_column", ["predict", "--file", str(root / "texts.csv"), *d], None),
-        ("predict_file_only_blank_lines", ["predict", "--file", str(root / "empty.txt"), *d], None),
-        ("predict_no_model", ["predict", "i feel great", "--model", str(root / "no-model"), *d], None),
-        ("predict_empty_stdin", ["predict", *d], ""),
-        ("predict_output_wrong_suffix", ["predict", "hi", "--output", str(root / "out.xlsx"), *d], None),
-        ("serve_port_taken", ["serve", "--port", str(taken_port), *d], None),
-        ("serve_bad_host", ["serve", "--host", "no-such-host.invalid", "--port", "0", *d], None),
-        ("serve_no_model", ["serve", "--model", str(root / "no-model"), "--port", "0", *d], None),
+        ("predict_file_not_utf8", ["predict", "--file", str(root / "latin1.txt"), *w], None),
+        ("predict_file_missing", ["predict", "--file", str(root / "nowhere.txt"), *w], None),
+        ("predict_file_wrong_type", ["predict", "--file", str(root / "texts.xlsx"), *w], None),
+        ("predict_file_wrong_column", ["predict", "--file", str(root / "texts.csv"), *w], None),
+        ("predict_file_only_blank_lines", ["predict", "--file", str(root / "empty.txt"), *w], None),
+        ("predict_no_model", ["predict", "i feel great", "--model", str(root / "no-model"), *w], None),
+        ("predict_empty_stdin", ["predict", *w], ""),
+        ("predict_output_wrong_suffix", ["predict", "hi", "--output", str(root / "out.xlsx"), *w], None),
+        ("serve_port_taken", ["serve", "--port", str(taken_port), *w], None),
+        ("serve_bad_host", ["serve", "--host", "no-such-host.invalid", "--port", "0", *w], None),
+        ("serve_no_model", ["serve", "--model", str(root / "no-model"), "--port", "0", *w], None),
         ("push_without_queue", ["push", *d], None),
         ("pull_server_down", ["pull", *d, "--argilla-url", f"http://127.0.0.1:{dead_port}"], None),
-        ("argilla_up_remote_url", ["argilla", "up", *d, "--argilla-url", "http://example.com:6900"], None),
-        ("argilla_url_not_a_url", ["argilla", "status", *d, "--argilla-url", "localhost6900"], None),
-        ("argilla_url_bad_port", ["argilla", "status", *d, "--argilla-url", "http://127.0.0.1:99999"], None),
-        ("argilla_bad_annotator_name", ["argilla", "up", *d, "--argilla-annotators", "Bad Name",
+        ("argilla_up_remote_url", ["argilla", "up", *w, "--argilla-url", "http://example.com:6900"], None),
+        ("argilla_url_not_a_url", ["argilla", "status", *w, "--argilla-url", "localhost6900"], None),
+        ("argilla_url_bad_port", ["argilla", "status", *w, "--argilla-url", "http://127.0.0.1:99999"], None),
+        ("argilla_bad_annotator_name", ["argilla", "up", *w, "--argilla-annotators", "Bad Name",
                                         "--argilla-url", f"http://127.0.0.1:{dead_port}"], None),
-        ("export_nowhere", ["export", *d], None),
-        ("export_without_version", ["export", *d, "--to", str(root / "export")], None),
+        ("export_nowhere", ["export", *w], None),
+        ("export_without_version", ["export", *w, "--to", str(root / "export")], None),
         ("unknown_command", ["trian", *d], None),
     ]
 

@@ -111,7 +111,7 @@ def drive(cfg_json: str, kill: str | None, events_out: str | None) -> None:
 
     rt.run_rounds = run_rounds
     cfg = Config(**json.loads(cfg_json))
-    rt.run_loop(cfg, rt.LoopOptions(rounds=1, review_timeout=600, poll_seconds=0.5, interactive=False))
+    rt.run_loop(cfg, rt.LoopOptions(rounds=1, review_timeout=600, poll_seconds=0.5))
     if events_out:
         Path(events_out).write_text(json.dumps(events))
 
@@ -176,8 +176,8 @@ def snapshot(cfg, work: Path) -> dict:
     version = load_version(work / "versions" / "round-001")[0]
     rows = {s: sorted(zip(ds["id"], ds["label"], ds["original_label"], ds["label_source"])) for s, ds in version.items()}
     out = work / "export"
-    proc = subprocess.run([sys.executable, "-m", "cleanloop", "export", "--workdir", str(work), "--dataset", cfg.dataset,
-                           "--id-column", "id", "--label-names", ",".join(cfg.label_names), "--to", str(out), "--overwrite"],
+    proc = subprocess.run([sys.executable, "-m", "cleanloop", "export", "--workdir", str(work), "--to", str(out),
+                           "--overwrite"],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"export failed: {proc.stderr[-2000:]}")

@@ -148,7 +148,7 @@ def main() -> None:
         th = threading.Thread(target=annotator, args=(cfg.argilla_url, ann_key, cfg, truth, loop_root(cfg) / "state.json",
                                                        answered, stop), daemon=True)
         th.start()
-        state = run_loop(cfg, LoopOptions(rounds=1, review_timeout=3 * 3600, poll_seconds=5, interactive=False),
+        state = run_loop(cfg, LoopOptions(rounds=1, review_timeout=3 * 3600, poll_seconds=5),
                          home=home)
     finally:
         stop.set()

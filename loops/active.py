@@ -29,15 +29,14 @@ import logging
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from cleanloop.atomic import save_npy, write_json
-from cleanloop.config import Config
+from cleanloop.config import ActiveOptions, Config
 from cleanloop.errors import CleanloopError
-from cleanloop.loops.strategies import STRATEGIES, Pool, make_strategy
+from cleanloop.loops.strategies import Pool, make_strategy
 
 log = logging.getLogger("cleanloop.active")
 
@@ -54,48 +53,6 @@ model the most. The model's **suggestion** is pre-selected with its confidence; 
 * **Discard** means *no emotion of the list fits* (or the text is not understandable).
 * Judge the text alone, not the suggestion.
 """
-
-
-@dataclass
-class ActiveOptions:
-    """How the active-learning loop runs."""
-
-    strategy: str = "margin"
-    batch_size: int = 64
-    rounds: int = 1
-    seed_per_class: int = 8  # labels per class revealed from the pool to start with
-    switch_per_class: int = 16  # labels per class (labelled / classes) from which the fine-tuned classifier is used
-    # a fine-tune on few labels gets enough epochs to see at least this many examples (4 epochs of a
-    # few hundred labels are too few optimizer steps: 69% vs 82% test accuracy at 688 labels on emotion)
-    min_train_examples: int = 10000
-    pool: str | None = None  # the unlabelled pool's source; None: cfg.dataset's train split
-    min_reviewed: int = 0  # 0: every record pushed this round
-    review_timeout: float = 3600.0
-    poll_seconds: float = 5.0
-    interactive: bool = True
-    setfit_iterations: int = 20  # SetFit's contrastive pairs per example (SetFit's default)
-    setfit_epochs: int = 1
-    setfit_batch_size: int = 16
-    final_train: bool = True  # train and evaluate once more on the labels of the last round
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise CleanloopError(f"unknown strategy {self.strategy!r}; fix: use one of {', '.join(sorted(STRATEGIES))}")
-        for name in ("batch_size", "rounds", "seed_per_class", "setfit_iterations", "setfit_epochs", "setfit_batch_size"):
-            if getattr(self, name) < 1:
-                raise CleanloopError(f"{name} must be at least 1, got {getattr(self, name)}")
-        counts = (self.switch_per_class, self.min_train_examples, self.min_reviewed, self.review_timeout)
-        if min(counts) < 0 or self.poll_seconds <= 0:
-            raise CleanloopError(
-                f"switch_per_class, min_train_examples, min_reviewed and review_timeout must be >= 0 and "
-                f"poll_seconds > 0, got {', '.join(map(str, counts))}, {self.poll_seconds}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ActiveOptions":
-        return cls(**d)
 
 
 # --- models: one small base, a fresh one per round --------------------------------------------------
@@ -349,7 +306,7 @@ def run_active(cfg: Config, opts: ActiveOptions, *, client=None, home: str | Pat
     options_file = root / "options.json"
     if options_file.exists() and state.rounds:
         before = json.loads(options_file.read_text())
-        changed = [k for k in ("seed_per_class", "pool") if before.get(k) != getattr(opts, k)]
+        changed = [k for k in ("seed_per_class", "pool") if (before.get(k) or None) != (getattr(opts, k) or None)]
         if changed:
             raise CleanloopError(
                 f"{root} was started with {', '.join(f'{k}={before.get(k)!r}' for k in changed)}, not "

@@ -104,7 +104,7 @@ def _version_key(cfg: Config, ds) -> str:
     """A key for this dataset version and these training settings (cache of out-of-fold scores)."""
     import hashlib
 
-    h = hashlib.sha1(json.dumps({k: v for k, v in cfg.to_dict().items() if k not in ("workdir", "max_review")},
+    h = hashlib.sha1(json.dumps({k: v for k, v in cfg.to_flat_dict().items() if k not in ("workdir", "max_review")},
                                 sort_keys=True).encode())
     for i, label in zip(ds["id"], ds["label"]):
         h.update(f"{i}\0{label}\0".encode())

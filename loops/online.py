@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cleanloop.config import Config
+from cleanloop.config import ActiveOptions, Config
 from cleanloop.errors import CleanloopError
-from cleanloop.loops.strategies import STRATEGIES, Coverage, Pool, make_strategy
+from cleanloop.loops.strategies import Coverage, Pool, make_strategy
 
 log = logging.getLogger("cleanloop.active")
 
@@ -184,37 +184,8 @@ class LightHead:
 # --- the session -----------------------------------------------------------------------------------------
 
 
-@dataclass
-class SessionOptions:
-    """How a responsive active-learning session runs."""
-
-    strategy: str = "diversity"
-    batch_size: int = 20
-    prefetch: int = 0  # queue the next batch once this many pushed records are unanswered (0: half a batch)
-    max_labels: int = 0  # stop once this many labels (seeds included) are in; 0: until the pool is done or idle
-    poll_seconds: float = 1.0
-    idle_timeout: float = 3600.0  # stop after this long without a new answer
-    temperature: float = 0.05  # zero-shot softmax temperature
-    C: float = 1.0  # the light head's inverse regularisation
-    anchor_weight: float = 50.0  # the weight of each label's description among the labels (LightHead)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES or STRATEGIES[self.strategy].relabels:
-            choices = sorted(n for n, s in STRATEGIES.items() if not s.relabels)
-            raise CleanloopError(f"strategy {self.strategy!r} cannot drive a session; fix: use one of {', '.join(choices)}")
-        if self.batch_size < 1:
-            raise CleanloopError(f"batch_size must be at least 1, got {self.batch_size}")
-        if not 0 <= self.prefetch <= self.batch_size:
-            raise CleanloopError(f"prefetch must be in [0, batch_size={self.batch_size}], got {self.prefetch}")
-        positive = (self.poll_seconds, self.idle_timeout, self.temperature, self.C, self.anchor_weight)
-        if self.max_labels < 0 or min(positive) <= 0:
-            raise CleanloopError("max_labels must be >= 0 and poll_seconds, idle_timeout, temperature, C, anchor_weight "
-                                 f"> 0; got {self.max_labels}, {', '.join(map(str, positive))}")
-
-    @property
-    def queue_at(self) -> int:
-        return self.prefetch or max(1, self.batch_size // 2)
+# a session runs on the [active] options (their full_retrain off); the name of before stays importable
+SessionOptions = ActiveOptions
 
 
 @dataclass
@@ -266,7 +237,7 @@ def pick_batch(strategy_name: str, head: LightHead, embeddings: np.ndarray, labe
     return strategy.query(Pool(probs, taken, embeddings), n, rng), probs, strategy.name
 
 
-def run_session(cfg: Config, opts: SessionOptions, *, pool: PoolData, embeddings: np.ndarray, anchors: np.ndarray,
+def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings: np.ndarray, anchors: np.ndarray,
                 client=None, home: str | Path | None = None, on_batch: Callable[[BatchInfo, LightHead], None] | None = None,
                 on_answers: Callable[[int, int], None] | None = None, should_stop: Callable[[], bool] | None = None,
                 clock: Callable[[], float] = time.monotonic) -> list[BatchInfo]:
@@ -292,8 +263,8 @@ def run_session(cfg: Config, opts: SessionOptions, *, pool: PoolData, embeddings
     row = {i: n for n, i in enumerate(pool.ids)}
     journal = Journal(journal_path(acfg))
     connected = lazy_client(cfg, home, client)
-    rng = np.random.default_rng([opts.seed, len(done_before)])
-    head = LightHead(anchors, C=opts.C, temperature=opts.temperature, anchor_weight=opts.anchor_weight, seed=opts.seed)
+    rng = np.random.default_rng([cfg.seed, len(done_before)])
+    head = LightHead(anchors, C=opts.C, temperature=opts.temperature, anchor_weight=opts.anchor_weight, seed=cfg.seed)
     start = clock()
     batches: list[BatchInfo] = []
     pending = np.zeros(len(pool.ids), dtype=bool)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from cleanloop.atomic import save_npy, write_file, write_json, write_text
-from cleanloop.config import Config
+from cleanloop.config import Config, LoopOptions  # noqa: F401  (LoopOptions: importable here as before)
 from cleanloop.errors import CleanloopError, WeakModelError
 from cleanloop.labeling.journal import Journal, Vote
 
@@ -39,28 +39,6 @@ log = logging.getLogger("cleanloop.loop")
 
 STEPS = ("train", "flag", "push", "wait", "pull", "apply")
 JOURNAL_FILE = "journal.sqlite"
-
-
-@dataclass
-class LoopOptions:
-    """How the loop runs: rounds, review size, how long to wait for annotators."""
-
-    rounds: int = 1
-    max_review: int | None = None  # None: cfg.max_review
-    min_reviewed: int = 0  # 0: every record pushed this round
-    review_timeout: float = 3600.0  # seconds; after it, go on with the answers there are
-    poll_seconds: float = 5.0
-    interactive: bool = True  # a live progress bar; False: one log line per change (CI)
-    webhooks: bool = False  # also be woken by Argilla's webhooks (server on the same machine)
-
-    def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise CleanloopError(f"rounds must be at least 1, got {self.rounds}")
-        if self.min_reviewed < 0 or self.review_timeout < 0 or self.poll_seconds <= 0:
-            raise CleanloopError(
-                f"min_reviewed and review_timeout must be >= 0 and poll_seconds > 0, got "
-                f"{self.min_reviewed}, {self.review_timeout}, {self.poll_seconds}"
-            )
 
 
 # --- paths --------------------------------------------------------------------------------------------
@@ -475,7 +453,7 @@ def _run_loop(cfg: Config, opts: LoopOptions, client, home, display, on_step) ->
     root = loop_root(cfg)
     state_file = root / "state.json"
     state = LoopState.load(state_file)
-    max_review = cfg.max_review if opts.max_review is None else opts.max_review
+    max_review = cfg.max_review
     original = load_workdir_data(cfg)
     names = original["train"].features["label"].names
     journal = Journal(journal_path(cfg))

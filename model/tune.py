@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from cleanloop.atomic import write_text
-from cleanloop.config import Config
+from cleanloop.config import GROUPS, Config
 from cleanloop.errors import CleanloopError
 from cleanloop.model.train import ClassifierTrainer
 
@@ -42,7 +42,7 @@ TUNED = ("learning_rate", "epochs", "warmup_ratio", "weight_decay", "label_smoot
 class SearchSpace:
     """Ranges of the tuned settings. ``learning_rate`` is searched on a log scale.
 
-    >>> given = SearchSpace(epochs=(1, 2)).clip(Config(epochs=4, learning_rate=1.0).to_dict())
+    >>> given = SearchSpace(epochs=(1, 2)).clip(Config(epochs=4, learning_rate=1.0).to_flat_dict())
     >>> given["epochs"], given["learning_rate"], given["batch_size"]
     (2, 0.0003, 32)
     """
@@ -328,10 +328,12 @@ def write_config(cfg: Config, path: Path, comment: str) -> Path:
     setting that differs from the defaults (data, base model...). Atomic (temp file + rename)."""
     default = Config()
     lines = [f"# {comment}", "# written by cleanloop tune; use: cleanloop train --config " + str(path), ""]
-    for f in fields(Config):
-        v = getattr(cfg, f.name)
-        if f.name in TUNED or v != getattr(default, f.name):
-            lines.append(f"{f.name} = {_toml_value(v)}")
+    lines += [f"{k} = {_toml_value(getattr(cfg, k))}" for k in ("workdir", "seed") if getattr(cfg, k) != getattr(default, k)]
+    for name in GROUPS:  # one table per group, with what differs from the defaults
+        group, given = getattr(cfg, name), getattr(default, name)
+        rows = [f"{f.name} = {_toml_value(getattr(group, f.name))}" for f in fields(group)
+                if (name == "training" and f.name in TUNED) or getattr(group, f.name) != getattr(given, f.name)]
+        lines += [f"[{name}]", *rows, ""] if rows else []
     if cfg.max_train_samples:
         lines.append(f"# tuned on a {cfg.max_train_samples}-example sample of train; "
                      "set max_train_samples = 0 (or pass --max-train-samples 0) to train on all of it")

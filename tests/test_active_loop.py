@@ -64,7 +64,7 @@ def test_active_loop_labels_a_batch_then_excludes_it_and_switches_model(tmp_path
     # 2 seed labels per class (6, SetFit); one batch of 6 brings 12 = 4 per class: the fine-tuned classifier
     opts = ActiveOptions(strategy="margin", batch_size=6, rounds=2, seed_per_class=2, switch_per_class=4,
                          setfit_iterations=1, min_train_examples=0, review_timeout=60, poll_seconds=0.3,
-                         interactive=False, final_train=False)
+                         final_train=False)
     caplog.set_level(logging.INFO, logger="cleanloop.active")
 
     with pytest.raises(Stop):
@@ -137,7 +137,7 @@ def test_cli_checks_options_before_any_work(tmp_path):
     from cleanloop.errors import CleanloopError
 
     res = CliRunner().invoke(app, ["active", "--workdir", str(tmp_path), "--batch", "0", "--non-interactive"])
-    assert isinstance(res.exception, CleanloopError) and "batch_size must be at least 1, got 0" in str(res.exception)
+    assert isinstance(res.exception, CleanloopError) and "option --batch: batch_size must be 1 or more, got 0" in str(res.exception)
     assert not (tmp_path / "active").exists()
     res = CliRunner().invoke(app, ["active", "--strategy", "uncertainty"])
     assert res.exit_code == 2 and "'uncertainty' is not one of" in res.output

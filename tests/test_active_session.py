@@ -92,7 +92,7 @@ def test_light_head_keeps_unseen_classes_and_is_zero_shot_without_labels():
 
 
 def test_session_options_are_checked():
-    with pytest.raises(CleanloopError, match="batch_size must be at least 1, got 0"):
+    with pytest.raises(CleanloopError, match="batch_size must be 1 or more, got 0"):
         online.SessionOptions(batch_size=0)
     with pytest.raises(CleanloopError, match="strategy 'activelab' cannot drive a session; fix: use one of badge"):
         online.SessionOptions(strategy="activelab")

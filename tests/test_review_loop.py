@@ -130,8 +130,7 @@ def run_export(cfg: Config, out: Path) -> pd.DataFrame:
     import cleanloop.cli  # noqa: F401  (registers the commands)
     from cleanloop.cli.options import app
 
-    result = CliRunner().invoke(app, ["export", "--dataset", cfg.dataset, "--id-column", "id", "--label-names",
-                                      ",".join(NAMES), "--workdir", cfg.workdir, "--method", "features", "--to", str(out),
+    result = CliRunner().invoke(app, ["export", "--workdir", cfg.workdir, "--method", "features", "--to", str(out),
                                       "--model-to", str(out.with_name(out.name + "-model"))])
     assert result.exit_code == 0, result.output
     return exported_train(out)
@@ -155,7 +154,7 @@ def test_review_round_trip_end_to_end(tmp_path, argilla_server, monkeypatch):
 
     # the loop waits for the reviews in a thread; the annotator answers meanwhile
     errors, shown, ready = [], [], threading.Event()
-    opts = LoopOptions(rounds=1, min_reviewed=0, review_timeout=120, poll_seconds=5, interactive=False, webhooks=True)
+    opts = LoopOptions(rounds=1, min_reviewed=0, review_timeout=120, poll_seconds=5, webhooks=True)
 
     def after_step(rnd, step, res):
         if step == "push":  # min_reviewed is set once we know how many records were pushed
@@ -238,7 +237,7 @@ def write_version(dd, journal, root, round, upto_seq=None):
     return real(dd, journal, root, round, upto_seq)
 versions.write_version = write_version
 cfg = Config(**__import__("json").loads(sys.argv[1]))
-run_loop(cfg, LoopOptions(rounds=1, review_timeout=60, poll_seconds=0.3, interactive=False))
+run_loop(cfg, LoopOptions(rounds=1, review_timeout=60, poll_seconds=0.3))
 """
 
 
@@ -254,7 +253,7 @@ def test_killed_between_pull_and_apply_resumes_to_the_same_result(tmp_path, argi
             raise Stop  # Ctrl-C right after the push was checkpointed
 
     with pytest.raises(Stop):
-        run_loop(cfg, LoopOptions(rounds=1, interactive=False), on_step=stop_after_push)
+        run_loop(cfg, LoopOptions(rounds=1), on_step=stop_after_push)
     answers = answer_as_annotator(argilla_server, cfg, flipped)
 
     n_pushed = json.loads((loop_root(cfg) / "state.json").read_text())["rounds"]["1"]["pushed"]
@@ -269,7 +268,7 @@ def test_killed_between_pull_and_apply_resumes_to_the_same_result(tmp_path, argi
     with Journal(journal_path(cfg)) as j:
         assert len(j.history()) == len(answers) and len(j.pulls()) == 1  # the pull was committed
 
-    final = run_loop(cfg, LoopOptions(rounds=1, min_reviewed=n_pushed - 1, review_timeout=60, interactive=False))
+    final = run_loop(cfg, LoopOptions(rounds=1, min_reviewed=n_pushed - 1, review_timeout=60))
     assert final.finished
     with Journal(journal_path(cfg)) as j:
         assert len(j.history()) == len(answers)  # nothing applied twice

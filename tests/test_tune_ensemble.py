@@ -51,7 +51,7 @@ def test_tune_writes_a_resumable_study_a_trainable_config_and_a_report(tiny_emot
     res = runner.invoke(app, ["train", "--config", str(folder / "best.toml"), "--no-record-dynamics"])
     assert res.exit_code == 0, res.output
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
-    assert metrics["run"]["config"]["learning_rate"] == best.learning_rate and "test" in metrics
+    assert metrics["run"]["config"]["training"]["learning_rate"] == best.learning_rate and "test" in metrics
 
     # a second run resumes the study: one more trial to reach 3
     cfg = Config(dataset=str(tiny_emotion), workdir=str(tmp_path), eval_batch_size=64, batch_size=32,

@@ -2,8 +2,8 @@
 
 Built on click directly: typer 0.9 (the newest that argilla-server 2.8 allows)
 cannot parse options with the click release that huggingface_hub needs.
-Every :class:`~cleanloop.config.Config` field is an option on every command
-(``--learning-rate``, ``--dataset``...), generated from the dataclass.
+Each command offers the options of the :class:`~cleanloop.config.Config` groups it uses
+(``--learning-rate`` of ``[training]``, ``--dataset`` of ``[data]``...), generated from the dataclasses.
 Each ``cli/<area>.py`` module adds its commands to :data:`app` when imported.
 """
 

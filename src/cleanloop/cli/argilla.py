@@ -29,7 +29,7 @@ def argilla() -> None:
 
 
 @argilla.command("up")
-@config_options
+@config_options("argilla")
 @home_option
 @click.option("--timeout", type=float, default=180.0, show_default=True, help="Seconds to wait for a healthy server.")
 def argilla_up(cfg: Config, home: str | None, timeout: float) -> None:
@@ -58,7 +58,7 @@ def argilla_up(cfg: Config, home: str | None, timeout: float) -> None:
 
 
 @argilla.command("down")
-@config_options
+@config_options("argilla")
 @home_option
 def argilla_down(cfg: Config, home: str | None) -> None:
     """Stop what 'argilla up' started for this home; the data stays."""
@@ -70,7 +70,7 @@ def argilla_down(cfg: Config, home: str | None) -> None:
 
 
 @argilla.command("status")
-@config_options
+@config_options("argilla")
 @home_option
 def argilla_status(cfg: Config, home: str | None) -> None:
     """Say whether the embedded Argilla runs for this home, and where."""

@@ -28,7 +28,7 @@ def data() -> None:
 
 
 @data.command("describe")
-@config_options
+@config_options("data")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for the PNG plots (default: WORKDIR/data).")
 @writes_workdir
@@ -53,7 +53,7 @@ def data_describe(cfg: Config, plots_dir: str | None) -> None:
 
 
 @app.command()
-@config_options
+@config_options("data", "model", "training")
 @click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train N fine-tuned models (seeds SEED, SEED+1, ... or, with --from-study, the study's N best "
                    "settings) saved as one model folder that averages their probabilities.")
@@ -99,7 +99,7 @@ def train(cfg: Config, ensemble: int, from_study: bool, study_name: str) -> None
 
 
 @app.command("tune")
-@config_options
+@config_options("data", "model", "training")
 @click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
               help="Finished (complete or pruned) trials the study should hold; a resumed study runs the missing ones.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=None,
@@ -137,7 +137,7 @@ def tune_cmd(cfg: Config, trials: int, timeout: float | None, study_name: str, m
 
 
 @app.command()
-@config_options
+@config_options("data", "model")
 @click.option("--model", "model_path", type=click.Path(), default=None,
               help="Model folder (default: WORKDIR/model, or WORKDIR/features with --method features).")
 @click.option("--split", "splits", multiple=True, default=("train", "validation", "test"), show_default=True,
@@ -184,7 +184,7 @@ def score(cfg: Config, model_path: str | None, splits: tuple[str, ...], output_d
 @app.command("config")
 @config_options
 def show_config(cfg: Config) -> None:
-    """Print the configuration in effect (file + options), as JSON."""
+    """Print the configuration in effect (file + options), as JSON: one object per TOML table."""
     _echo_json(cfg.to_dict())
 
 

@@ -26,7 +26,7 @@ def flag_summary(scores) -> str:
 
 
 @app.command()
-@config_options
+@config_options("data", "model", "training", "flagging")
 @click.option("--map/--no-map", "with_map", default=True, show_default=True,
               help="Add the 2-D UMAP of the embeddings to the report.")
 @click.option("--output", "output_dir", type=click.Path(file_okay=False), default=None,

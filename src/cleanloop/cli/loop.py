@@ -23,27 +23,15 @@ def _latest_round(cfg: Config) -> int:
     return max(rounds, default=0)
 
 
-def review_wait_options(func):
-    """--min-reviewed, --review-timeout, --poll-seconds: how a loop waits for the annotators."""
-    func = click.option("--poll-seconds", type=float, default=5.0, show_default=True,
-                        help="How often to ask Argilla.")(func)
-    func = click.option("--review-timeout", type=float, default=3600.0, show_default=True,
-                        help="Seconds to wait for answers; then go on with those there are.")(func)
-    return click.option("--min-reviewed", type=int, default=0, show_default=True,
-                        help="Go on once this many pushed records are answered (0: all of them).")(func)
-
-
 @app.command()
-@config_options
+@config_options("data", "model", "argilla", "review")
 @home_option
 @click.option("--round", "rnd", type=int, default=None, help="Review round written on the records (default: next).")
 @click.option("--queue", "queue_path", type=click.Path(dir_okay=False), default=None,
               help="Review queue parquet (default: WORKDIR/flags/review_queue.parquet from 'cleanloop flag').")
-@review_wait_options
 @click.option("--non-interactive", is_flag=True, help="No progress bar: one log line per change (CI).")
 @writes_workdir
-def push(cfg: Config, home: str | None, rnd: int | None, queue_path: str | None, min_reviewed, review_timeout,
-         poll_seconds, non_interactive) -> None:
+def push(cfg: Config, home: str | None, rnd: int | None, queue_path: str | None, non_interactive) -> None:
     """Send the review queue to Argilla (record id = example id; already reviewed examples are skipped).
 
     With --review-wave N (default 1) only N records are pending at a time, so that annotators see
@@ -81,8 +69,8 @@ def push(cfg: Config, home: str | None, rnd: int | None, queue_path: str | None,
                        "suspicious first: keep this running while annotators work (Ctrl-C stops; push again goes on)")
             display = ReviewProgress(non_interactive)
             try:
-                answered = wait_for_reviews(client, cfg, ids, min_reviewed, review_timeout, poll_seconds, display,
-                                            feed=pusher.feed)
+                answered = wait_for_reviews(client, cfg, ids, cfg.review.min_reviewed, cfg.review.review_timeout,
+                                            cfg.review.poll_seconds, display, feed=pusher.feed)
             finally:
                 display.close()
             click.echo(f"pushed {pusher.pushed:,} of {len(ids):,} records, {answered:,} answered; next: cleanloop pull")
@@ -104,7 +92,7 @@ def _bar(non_interactive: bool, total: int | None, desc: str):
 
 
 @app.command()
-@config_options
+@config_options("data", "argilla")
 @home_option
 @click.option("--round", "rnd", type=int, default=None, help="Round these answers belong to (default: next).")
 @click.option("--non-interactive", is_flag=True, help="No progress bar (CI).")
@@ -137,7 +125,7 @@ def pull(cfg: Config, home: str | None, rnd: int | None, non_interactive: bool) 
 
 
 @app.command()
-@config_options
+@config_options(fields=("method", "base_model"))
 @click.option("--to", "to_dir", type=click.Path(file_okay=False), default=None, help="Write the data set to this folder.")
 @click.option("--hub", "repo_id", default=None, help="Push the data set to this Hub repo (owner/name); token: HF_TOKEN.")
 @click.option("--private/--public", default=True, show_default=True, help="Visibility of a new Hub repo (private unless --public).")
@@ -220,25 +208,19 @@ class ReviewProgress:
 
 
 @app.command("retrain-loop")
-@config_options
+@config_options("data", "model", "training", "flagging", "argilla", "review", "loop")
 @home_option
-@click.option("--rounds", type=int, default=1, show_default=True, help="Review rounds before the final retrain.")
-@review_wait_options
-@click.option("--webhooks", is_flag=True,
-              help="Also be woken by Argilla webhooks (listener on 127.0.0.1; for a server on this machine).")
 @click.option("--non-interactive", is_flag=True, help="No progress bar: one log line per change (CI).")
 @writes_workdir
-def retrain_loop(cfg: Config, home, rounds, min_reviewed, review_timeout, poll_seconds, webhooks, non_interactive) -> None:
+def retrain_loop(cfg: Config, home, non_interactive) -> None:
     """Train -> flag -> push -> wait for reviews -> pull -> apply, per round; then retrain and evaluate.
 
     Resumable: run it again after a crash or Ctrl-C and it goes on where it stopped
     (state in WORKDIR/loop/state.json). --max-review caps each round's review queue.
     """
     from cleanloop.labeling.argilla_io import server_errors
-    from cleanloop.loops.retrain import LoopOptions, loop_root, run_loop
+    from cleanloop.loops.retrain import loop_root, run_loop
 
-    opts = LoopOptions(rounds=rounds, min_reviewed=min_reviewed, review_timeout=review_timeout,
-                       poll_seconds=poll_seconds, interactive=not non_interactive, webhooks=webhooks)
     display = ReviewProgress(non_interactive)
 
     def on_step(rnd, step, res):
@@ -257,6 +239,6 @@ def retrain_loop(cfg: Config, home, rounds, min_reviewed, review_timeout, poll_s
         click.echo(f"[round {rnd}] {step}: {msg}")
 
     with server_errors(cfg.argilla_url, "retrain-loop"):  # resumable: running it again goes on where it stopped
-        state = run_loop(cfg, opts, home=home, display=display, on_step=on_step)
+        state = run_loop(cfg, cfg.loop, home=home, display=display, on_step=on_step)
     root = loop_root(cfg)
     click.echo(f"done: {len(state.rounds)} round(s); history {root / 'history.json'}; report {root / 'report.md'}")

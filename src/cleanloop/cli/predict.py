@@ -107,7 +107,7 @@ def _clip(text: str, width: int) -> str:
 
 
 @app.command()
-@config_options
+@config_options("model", fields=("text_column",))
 @click.argument("texts", nargs=-1)
 @click.option("--model", "model_path", type=click.Path(), default=None,
               help="Model folder (default: WORKDIR/model, or WORKDIR/features with --method features).")
@@ -188,7 +188,7 @@ def predict(
 
 
 @app.command()
-@config_options
+@config_options("model")
 @click.option("--model", "model_path", type=click.Path(), default=None,
               help="Model folder (default: WORKDIR/model, or WORKDIR/features with --method features).")
 @click.option("--host", default="127.0.0.1", show_default=True,
