@@ -113,7 +113,7 @@ def test_no_module_outside_cli_imports_cli():
     offenders = []
     for folder in (ROOT / "src" / "cleanloop", ROOT / "model", ROOT / "labeling", ROOT / "loops"):
         for path in folder.rglob("*.py"):
-            if "cli" in path.relative_to(ROOT).parts:
+            if "cli" in path.relative_to(ROOT).parts or path.name == "__main__.py":  # `python -m cleanloop` runs the CLI
                 continue
             for node in ast.walk(ast.parse(path.read_text())):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
