@@ -27,11 +27,16 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cleanloop.config import SERVE_MAX_BATCH, SERVE_MAX_WAIT_MS, Config
 from cleanloop.errors import CleanloopError
+
+if TYPE_CHECKING:
+    from cleanloop.model.train import TrainResult
+    from cleanloop.model.tune import TuneResult
 
 __all__ = [
     "ActiveResult", "ApplyResult", "DescribeResult", "ExportResult", "FlagResult", "LoadResult", "LoopResult",
@@ -134,7 +139,7 @@ def describe(cfg: Config, plots: str | Path | None = None) -> DescribeResult:
 # --- train and score ------------------------------------------------------------------------------------
 
 
-def train(cfg: Config, *, ensemble: int = 1, from_study: bool = False, study_name: str = "cleanloop"):
+def train(cfg: Config, *, ensemble: int = 1, from_study: bool = False, study_name: str = "cleanloop") -> TrainResult:
     """Train the classifier (fine-tune, or ``cfg.method == "features"``), evaluate it on validation and
     test, save it in the workdir. Returns :class:`cleanloop.model.train.TrainResult` (``output_dir``,
     ``metrics``, ``train_seconds``).
@@ -160,7 +165,7 @@ def train(cfg: Config, *, ensemble: int = 1, from_study: bool = False, study_nam
 
 
 def tune(cfg: Config, *, trials: int = 20, timeout: float | None = None, study_name: str = "cleanloop",
-         min_epochs: int = 2, max_epochs: int = 6, progress: Callable[[str], None] | None = None):
+         min_epochs: int = 2, max_epochs: int = 6, progress: Callable[[str], None] | None = None) -> TuneResult:
     """Search the training settings with Optuna for the best validation macro F1 (``cleanloop tune``);
     returns :class:`cleanloop.model.tune.TuneResult`. progress(line): one line per trial."""
     from cleanloop.identity import load_workdir_data
