@@ -292,7 +292,14 @@ def _embed_for_map(cfg: Config, train_ds, progress: bool) -> np.ndarray:
 
 
 class ReviewProgress:
-    """A wait's display(done, target): a progress bar, or one printed line per change when non-interactive."""
+    """A wait's display(done, target): a progress bar, or one printed line per change when non-interactive.
+
+    >>> show = ReviewProgress(non_interactive=True)
+    >>> for done in (0, 0, 2):
+    ...     show(done, 2)
+    reviews: 0/2 answered
+    reviews: 2/2 answered
+    """
 
     def __init__(self, non_interactive: bool = False):
         self.non_interactive = non_interactive
