@@ -139,24 +139,13 @@ class FlagResult:
 
 def flag_step(rcfg: Config, train_ds, max_review: int, skip_ids: set[str]) -> FlagResult:
     """Score the train split, build the review queue without ``skip_ids``, embed the queue's texts."""
-    from cleanloop.loops.judge import judging_probs
-    from cleanloop.loops.flag import example_checks, review_queue, scores_table, signal_table
-    from cleanloop.model.score import write_parquet_atomic
+    from cleanloop.loops.flagging import flag_examples
 
-    names = train_ds.features["label"].names
-    labels = np.asarray(train_ds["label"])
-    probs, feats, _ = judging_probs(rcfg, train_ds)
-    checks, feats = example_checks(rcfg, train_ds, feats)
-    scores = scores_table(list(train_ds["id"]), list(train_ds["text"]), labels, probs, names,
-                          signal_table(labels, probs, rcfg.filter_by), checks)
-    queue = review_queue(scores, max_review, skip_ids)
-    out = rcfg.workpath / "flags"
-    write_parquet_atomic(scores, out / "scores.parquet")
-    write_parquet_atomic(queue, out / "review_queue.parquet")
-    emb = embed_queue(rcfg, train_ds, queue, feats)
+    flags = flag_examples(rcfg, train_ds, max_review, skip_ids, rcfg.workpath / "flags")
+    emb = embed_queue(rcfg, train_ds, flags.queue, flags.embeddings)
     if emb is not None:
-        save_npy(out / "queue_embeddings.npy", emb)
-    return FlagResult(scores, queue, emb)
+        save_npy(flags.folder / "queue_embeddings.npy", emb)
+    return FlagResult(flags.scores, flags.queue, emb)
 
 
 def embed_queue(cfg: Config, train_ds, queue, feats: np.ndarray | None = None) -> np.ndarray | None:

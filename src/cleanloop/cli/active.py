@@ -24,9 +24,7 @@ def active(cfg: Config, home, non_interactive) -> None:
     answers arrive and the next batch is queued before the current one is done, so the annotator
     never waits. Stop with Ctrl-C and run again to resume. Then: cleanloop export --workdir WORKDIR/active.
     """
-    from cleanloop.labeling.argilla_io import server_errors
-    from cleanloop.loops.active import active_config, run_active
-    from cleanloop.loops.retrain import loop_root
+    from cleanloop import api
 
     opts = cfg.active
     if not opts.full_retrain:
@@ -50,20 +48,16 @@ def active(cfg: Config, home, non_interactive) -> None:
                "final": lambda: "final " + metrics(res)}[step]()
         click.echo(f"[round {rnd}] {step}: {msg}")
 
-    with server_errors(cfg.argilla_url, "active"):  # resumable: running it again goes on where it stopped
-        state = run_active(cfg, opts, home=home, display=display, on_step=on_step)
-    click.echo(f"done: {len(state.rounds)} round(s); history {loop_root(active_config(cfg)) / 'history.json'}")
+    res = api.active(cfg, opts, home=home, display=display, on_step=on_step)  # again: goes on where it stopped
+    click.echo(f"done: {len(res.state.rounds)} round(s); history {res.history}")
 
 
 def _session(cfg: Config, home) -> None:
-    from cleanloop.loops import online
+    from cleanloop import api
 
-    opts = cfg.active
-    data = online.load_pool(cfg, opts.pool)
-    seeds = int((data.labels >= 0).sum())
-    click.echo(f"pool: {len(data.ids):,} texts, {seeds:,} labelled (seeds); labels: {', '.join(data.names)}")
-    emb = online.embed(cfg, data.ids, data.texts)
-    anchors = online.label_anchors(cfg, data.names)
+    def on_pool(data):
+        seeds = int((data.labels >= 0).sum())
+        click.echo(f"pool: {len(data.ids):,} texts, {seeds:,} labelled (seeds); labels: {', '.join(data.names)}")
 
     def on_batch(info, head):
         click.echo(f"[batch {info.batch}] queued {len(info.ids)} by {info.strategy} ({info.model} head on "
@@ -72,13 +66,9 @@ def _session(cfg: Config, home) -> None:
     def on_answers(labels, pending):
         click.echo(f"  {labels} labels, {pending} queued for the annotators")
 
-    from cleanloop.loops.active import active_config
-
-    try:
-        batches = online.run_session(cfg, opts, pool=data, embeddings=emb, anchors=anchors, home=home,
-                                     on_batch=on_batch, on_answers=on_answers)
-    except KeyboardInterrupt:
+    res = api.active(cfg, cfg.active, home=home, on_pool=on_pool, on_batch=on_batch, on_answers=on_answers)
+    if res.stopped:
         click.echo("stopped; run the same command again to go on")
         return
-    click.echo(f"done: {len(batches)} batch(es) queued in this run; export the labels with "
-               f"cleanloop export --workdir {active_config(cfg).workdir}")
+    click.echo(f"done: {len(res.batches)} batch(es) queued in this run; export the labels with "
+               f"cleanloop export --workdir {res.workdir}")

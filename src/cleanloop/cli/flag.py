@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
 import click
-import numpy as np
 
 from cleanloop.cli.options import app, config_options, writes_workdir
 from cleanloop.config import Config
-from cleanloop.loops.judge import judging_probs
-
-log = logging.getLogger("cleanloop")
 
 
 def flag_summary(scores) -> str:
@@ -34,46 +27,15 @@ def flag_summary(scores) -> str:
 @writes_workdir
 def flag(cfg: Config, with_map: bool, output_dir: str | None) -> None:
     """Flag likely mislabelled training examples: scores.parquet, review_queue.parquet and a report."""
-    from cleanloop.loops.flag import confident_examples, example_checks, review_queue, scores_table, signal_table
-    from cleanloop.loops.report import write_report
-    from cleanloop.loops.retrain import reviewed_ids
-    from cleanloop.identity import load_workdir_data
-    from cleanloop.model.score import write_parquet_atomic
+    from cleanloop import api
 
-    dd = load_workdir_data(cfg)
-    train = dd["train"]
-    names = train.features["label"].names
-    labels = np.asarray(train["label"])
-    probs, embeddings, source = judging_probs(cfg, train)
-    table = signal_table(labels, probs, cfg.filter_by)
-    checks, features = example_checks(cfg, train, embeddings)
-    embeddings = features if embeddings is None else embeddings
-    scores = scores_table(train["id"], train["text"], labels, probs, names, table, checks)
-    queue = review_queue(scores, cfg.max_review, reviewed_ids(cfg))  # already reviewed: not again
-    out = Path(output_dir) if output_dir else cfg.workpath / "flags"
-    write_parquet_atomic(scores, out / "scores.parquet")
-    write_parquet_atomic(queue, out / "review_queue.parquet")
-    confident = confident_examples(scores)
-    write_parquet_atomic(confident, out / "confident_examples.parquet")
-    emb = None
-    if with_map:
-        if embeddings is None:
-            from tqdm.auto import tqdm
-
-            from cleanloop.model.predict import Predictor
-            from cleanloop.model.train import model_dir
-
-            pred = Predictor.load(model_dir(cfg.replace(method="finetune")), max_length=cfg.max_length, precision=cfg.precision)
-            with tqdm(total=len(train), desc="embed for the map", unit="ex") as bar:
-                embeddings = pred.predict_arrays(train["text"], cfg.eval_batch_size, bar.update)["embeddings"]
-        order = {i: n for n, i in enumerate(train["id"])}
-        emb = embeddings[[order[i] for i in scores["id"]]]
-    report = write_report(scores, queue, confident, names, out, source, emb, cfg.seed)
-    click.echo(f"signals from {source}")
+    res = api.flag(cfg, with_map=with_map, output=output_dir)
+    scores, queue, out = res.scores, res.queue, res.folder
+    click.echo(f"signals from {res.source}")
     click.echo(f"flagged {int(scores['is_issue'].sum()):,} of {len(scores):,} ({scores['is_issue'].mean():.1%}); "
                f"review queue {len(queue):,} (max_review {cfg.max_review})")
     click.echo(f"checks: {flag_summary(scores)}")
     for r in scores.head(5).itertuples():
         click.echo(f"  #{r.rank} {r.id} given {r.given_label} -> suggested {r.suggested_label} "
                    f"({r.suggested_score:.2f}): {r.text[:80]}")
-    click.echo(f"scores: {out / 'scores.parquet'}; queue: {out / 'review_queue.parquet'}; report: {report}")
+    click.echo(f"scores: {out / 'scores.parquet'}; queue: {out / 'review_queue.parquet'}; report: {res.report}")

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
 import click
 
+from cleanloop.api import ReviewProgress
 from cleanloop.cli.argilla import home_option
 from cleanloop.cli.options import app, config_options, writes_workdir
 from cleanloop.config import Config
-from cleanloop.errors import CleanloopError
-
-log = logging.getLogger("cleanloop")
 
 
 
-def _latest_round(cfg: Config) -> int:
-    from cleanloop.loops.retrain import versions_root
-
-    rounds = [int(p.name.split("-")[1]) for p in versions_root(cfg).glob("round-[0-9][0-9][0-9]")]
-    return max(rounds, default=0)
 
 
 @app.command()
@@ -39,56 +29,26 @@ def push(cfg: Config, home: str | None, rnd: int | None, queue_path: str | None,
     until the queue is answered or --review-timeout passes (Ctrl-C stops; run push again to go on).
     --review-wave 0 sends the whole queue at once and returns.
     """
-    import pandas as pd
+    from cleanloop import api
 
-    from cleanloop.identity import load_workdir_data
-    from cleanloop.labeling import argilla_io as aio
-    from cleanloop.loops.retrain import embed_queue, reviewed_ids, wait_for_reviews, wave_pusher
+    def waiting(res) -> None:
+        click.echo(f"{len(res.ids):,} records to review at {_where(cfg, res)}; {cfg.review_wave} pending at a time, "
+                   "most suspicious first: keep this running while annotators work (Ctrl-C stops; push again goes on)")
 
-    path = Path(queue_path) if queue_path else cfg.workpath / "flags" / "review_queue.parquet"
-    if not path.exists():
-        raise CleanloopError(f"no review queue at {path}; fix: run 'cleanloop flag' first or pass --queue")
-    queue = pd.read_parquet(path)
-    rnd = rnd if rnd is not None else _latest_round(cfg) + 1
-    train = load_workdir_data(cfg)["train"]
-    emb = embed_queue(cfg, train, queue)
-    client = aio.connect(cfg, home)
-    skip = reviewed_ids(cfg)
-    bar = _bar(non_interactive, len(queue) - len(skip & set(queue["id"])), "push")
-    with aio.server_errors(cfg.argilla_url, "push"):
-        pusher = wave_pusher(client, cfg, queue, emb, train.features["label"].names, rnd, skip, wave=cfg.review_wave,
-                             progress=bar.update if bar is not None else None)
-        ids = pusher.ids if pusher else []
-        where = f"{cfg.argilla_url} dataset {cfg.argilla_workspace}/{cfg.argilla_dataset} (round {rnd}; " \
-                f"{len(queue) - len(ids):,} already reviewed, skipped)"
-        if pusher is not None and cfg.review_wave > 0:
-            pusher.feed(0)
-            if bar is not None:
-                bar.close()
-            click.echo(f"{len(ids):,} records to review at {where}; {cfg.review_wave} pending at a time, most "
-                       "suspicious first: keep this running while annotators work (Ctrl-C stops; push again goes on)")
-            display = ReviewProgress(non_interactive)
-            try:
-                answered = wait_for_reviews(client, cfg, ids, cfg.review.min_reviewed, cfg.review.review_timeout,
-                                            cfg.review.poll_seconds, display, feed=pusher.feed)
-            finally:
-                display.close()
-            click.echo(f"pushed {pusher.pushed:,} of {len(ids):,} records, {answered:,} answered; next: cleanloop pull")
-            return
-        if pusher is not None:
-            pusher.feed(0)
-    if bar is not None:
-        bar.close()
-    click.echo(f"pushed {len(ids):,} records to {where}")
+    display = ReviewProgress(non_interactive)
+    try:
+        res = api.push(cfg, home=home, round=rnd, queue=queue_path, progress=not non_interactive, display=display,
+                       on_pushed=waiting)
+    finally:
+        display.close()
+    if res.answered is None:
+        click.echo(f"pushed {len(res.ids):,} records to {_where(cfg, res)}")
+    else:
+        click.echo(f"pushed {res.pushed:,} of {len(res.ids):,} records, {res.answered:,} answered; next: cleanloop pull")
 
 
-def _bar(non_interactive: bool, total: int | None, desc: str):
-    """A tqdm progress bar over records, or None when non-interactive."""
-    if non_interactive:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="rec")
+def _where(cfg: Config, res) -> str:
+    return (f"{res.url} dataset {res.dataset} (round {res.round}; {res.skipped:,} already reviewed, skipped)")
 
 
 @app.command()
@@ -99,27 +59,14 @@ def _bar(non_interactive: bool, total: int | None, desc: str):
 @writes_workdir
 def pull(cfg: Config, home: str | None, rnd: int | None, non_interactive: bool) -> None:
     """Take the annotators' answers into the corrections journal and write the cleaned data version."""
-    from cleanloop.labeling import argilla_io as aio
-    from cleanloop.labeling.journal import Journal
-    from cleanloop.loops.retrain import journal_path, pull_step, round_stats, versions_root
-    from cleanloop.loops.versions import write_version
-    from cleanloop.identity import load_workdir_data
+    from cleanloop import api
 
-    rnd = rnd if rnd is not None else _latest_round(cfg) + 1
-    original = load_workdir_data(cfg)
-    client = aio.connect(cfg, home)
-    bar = _bar(non_interactive, None, "pull")
-    with Journal(journal_path(cfg)) as journal:
-        with aio.server_errors(cfg.argilla_url, "pull"):
-            result = pull_step(client, cfg, journal, original["train"], rnd,
-                               progress=bar.update if bar is not None else None)
-        if bar is not None:
-            bar.close()
-        path = write_version(original, journal, versions_root(cfg), rnd)
-        stats = round_stats(journal, rnd)
+    result = api.pull(cfg, home=home, round=rnd, progress=not non_interactive)
+    applied = api.apply(cfg, round=result.round)
+    stats, rnd, path = applied.stats, applied.round, applied.version
     agreement = "" if stats["agreement"] is None else f", agreement {stats['agreement']:.2f}"
-    click.echo(f"pulled {result.new_votes:,} new answers, {len(result.decisions):,} new decisions ({result.changed} "
-               f"corrected, {result.removed} removed, {len(result.open_ids)} tied and open); round {rnd}: "
+    click.echo(f"pulled {result.new_votes:,} new answers, {result.decisions:,} new decisions ({result.changed} "
+               f"corrected, {result.removed} removed, {result.open} tied and open); round {rnd}: "
                f"{stats['reviewed']} reviewed, {stats['changed']} changed, {stats['removed']} removed{agreement}; "
                f"version: {path}")
 
@@ -139,72 +86,18 @@ def pull(cfg: Config, home: str | None, rnd: int | None, non_interactive: bool) 
 @writes_workdir
 def export(cfg: Config, to_dir, repo_id, private, overwrite, keep_removed, version_path, model_to, model_hub) -> None:
     """Publish the cleaned data set (parquet per split + dataset card) and optionally the model."""
-    from cleanloop.labeling.journal import Journal
-    from cleanloop.loops import export as ex
-    from cleanloop.loops.retrain import journal_path, loop_root, versions_root
-    from cleanloop.loops.versions import load_version, version_dir
-    from cleanloop.model.train import model_dir
+    from cleanloop import api
 
-    if not (to_dir or repo_id or model_to or model_hub):
-        raise CleanloopError("nothing to export to; fix: pass --to FOLDER and/or --hub OWNER/NAME")
-    for folder in (to_dir, model_to):
-        if folder:
-            ex.check_export_folder(folder, overwrite)  # both checked before anything is written
-    rnd = _latest_round(cfg)
-    path = Path(version_path) if version_path else version_dir(versions_root(cfg), rnd)
-    version, meta = load_version(path)
-    summary = Journal(journal_path(cfg)).summary() if journal_path(cfg).exists() else {}
-    info = ex.CleaningInfo(rounds=meta["round"], model=f"{cfg.method} on {cfg.base_model}",
-                           reviewed=sum(summary.get(k, 0) for k in ("corrected", "confirmed", "removed")),
-                           agreement=summary.get("agreement"))
-    from cleanloop.loops.online import labelled_only, session_summary
-
-    active = session_summary(cfg)
-    if active:  # WORKDIR/active of `cleanloop active`: the labelled examples, and how they were chosen
-        version = labelled_only(version)
-        info = ex.CleaningInfo(rounds=meta["round"], method="cleanloop active learning: labelled in Argilla from "
-                               "model-chosen batches", model=f"logistic regression on {cfg.base_model} embeddings",
-                               reviewed=info.reviewed, agreement=info.agreement, extra=active)
-    if to_dir:
-        click.echo(f"data set: {ex.export_dataset(version, to_dir, info, keep_removed=keep_removed, overwrite=overwrite)}")
-    if repo_id:
-        click.echo(f"data set pushed to https://huggingface.co/datasets/"
-                   f"{ex.push_dataset_to_hub(version, repo_id, info, private=private, keep_removed=keep_removed)}")
-    if model_to or model_hub:
-        final = model_dir(cfg.replace(workdir=str(loop_root(cfg) / "final")))
-        folder = final if final.exists() else model_dir(cfg)
-        if model_to:
-            click.echo(f"model: {ex.export_model(folder, model_to, info, overwrite=overwrite)}")
-        if model_hub:
-            click.echo(f"model pushed to https://huggingface.co/{ex.push_model_to_hub(folder, model_hub, private=private)}")
-
-
-class ReviewProgress:
-    """The wait step's display(done, target): a progress bar, or one line per change when non-interactive."""
-
-    def __init__(self, non_interactive: bool):
-        self.non_interactive = non_interactive
-        self.bar = None
-        self.last = -1
-
-    def __call__(self, done: int, target: int) -> None:
-        if self.non_interactive:
-            if done != self.last:
-                click.echo(f"reviews: {done}/{target} answered")
-                self.last = done
-            return
-        from tqdm.auto import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(total=target, desc="waiting for reviews", unit="rec")
-        self.bar.n = done
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        self.last = -1
+    res = api.export(cfg, to=to_dir, hub=repo_id, private=private, overwrite=overwrite, keep_removed=keep_removed,
+                     version=version_path, model_to=model_to, model_hub=model_hub)
+    if res.dataset:
+        click.echo(f"data set: {res.dataset}")
+    if res.dataset_hub:
+        click.echo(f"data set pushed to https://huggingface.co/datasets/{res.dataset_hub}")
+    if res.model:
+        click.echo(f"model: {res.model}")
+    if res.model_hub:
+        click.echo(f"model pushed to https://huggingface.co/{res.model_hub}")
 
 
 @app.command("retrain-loop")
@@ -218,8 +111,7 @@ def retrain_loop(cfg: Config, home, non_interactive) -> None:
     Resumable: run it again after a crash or Ctrl-C and it goes on where it stopped
     (state in WORKDIR/loop/state.json). --max-review caps each round's review queue.
     """
-    from cleanloop.labeling.argilla_io import server_errors
-    from cleanloop.loops.retrain import loop_root, run_loop
+    from cleanloop import api
 
     display = ReviewProgress(non_interactive)
 
@@ -238,7 +130,5 @@ def retrain_loop(cfg: Config, home, non_interactive) -> None:
                                 f"macro F1 {res.get('test_macro_f1', float('nan')):.3f}"}[step]()
         click.echo(f"[round {rnd}] {step}: {msg}")
 
-    with server_errors(cfg.argilla_url, "retrain-loop"):  # resumable: running it again goes on where it stopped
-        state = run_loop(cfg, cfg.loop, home=home, display=display, on_step=on_step)
-    root = loop_root(cfg)
-    click.echo(f"done: {len(state.rounds)} round(s); history {root / 'history.json'}; report {root / 'report.md'}")
+    res = api.retrain_loop(cfg, home=home, display=display, on_step=on_step)  # again: goes on where it stopped
+    click.echo(f"done: {len(res.state.rounds)} round(s); history {res.history}; report {res.report}")

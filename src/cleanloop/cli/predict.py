@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -13,8 +12,6 @@ import click
 from cleanloop.cli.options import app, config_options
 from cleanloop.config import SERVE_MAX_BATCH, SERVE_MAX_WAIT_MS, Config
 from cleanloop.errors import CleanloopError, not_utf8
-
-log = logging.getLogger("cleanloop")
 
 FILE_KINDS = {".txt": "txt", ".text": "txt", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 
@@ -59,33 +56,6 @@ def read_texts(path: Path, text_column: str = "text") -> list[str]:
             f"{path}: column {text_column!r} row {bad[0]} {what} ({len(bad)} such rows); fix: drop or fill those rows"
         )
     return texts
-
-
-def predictions_frame(texts: list[str], probs, label_names: list[str]):
-    """A table with ``text``, ``label``, ``score`` and one ``prob_<label>`` column per label."""
-    import numpy as np
-    import pandas as pd
-
-    probs = np.asarray(probs, dtype=np.float32)
-    top = probs.argmax(1) if len(probs) else np.zeros(0, dtype=int)
-    df = pd.DataFrame({"text": texts, "label": [label_names[i] for i in top]})
-    df["score"] = probs[np.arange(len(top)), top]
-    for j, name in enumerate(label_names):
-        df[f"prob_{name}"] = probs[:, j]
-    return df
-
-
-def _load_predictor(cfg: Config, model_path: str | None):
-    from cleanloop.model.precision import checks_of, describe
-    from cleanloop.model.predict import Predictor
-    from cleanloop.model.train import model_dir
-
-    folder = Path(model_path) if model_path else model_dir(cfg)
-    if not folder.exists():
-        raise CleanloopError(f"no model at {folder}; fix: run 'cleanloop train' first or pass --model DIR")
-    predictor = Predictor.load(folder, max_length=cfg.max_length, precision=cfg.precision)
-    click.echo(describe(predictor.precision, predictor.precision_reason, checks_of(folder)), err=True)
-    return folder, predictor
 
 
 def _table(texts: list[str], preds, top_k: int | None) -> None:
@@ -134,13 +104,11 @@ def predict(
       cleanloop predict --file tweets.csv --text-column tweet --output predictions.parquet
       cat tweets.txt | cleanloop predict --json
     """
-    from cleanloop.model.serve import prediction_record, predictions_from_probs
+    from cleanloop import api
+    from cleanloop.model.serve import prediction_record
 
     if texts and file_path:
         raise CleanloopError("got both texts and --file; fix: pass one or the other")
-    out = Path(output_path) if output_path else None
-    if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
-        raise CleanloopError(f"--output must end in .parquet or .csv, got {out.name!r}; fix: rename it")
     if file_path:
         items = read_texts(Path(file_path), cfg.text_column)
         source = file_path
@@ -154,37 +122,18 @@ def predict(
     if not items:
         raise CleanloopError(f"no texts in {source}; fix: give at least one non-empty line or row")
 
-    folder, predictor = _load_predictor(cfg, model_path)
-    if top_k is not None and top_k > len(predictor.label_names):
-        raise CleanloopError(f"--top-k {top_k} but the model has {len(predictor.label_names)} labels; fix: lower it")
-    if file_path:
-        from tqdm.auto import tqdm
-
-        with tqdm(total=len(items), desc="predict", unit="text", file=sys.stderr) as bar:
-            probs = predictor.predict_arrays(items, cfg.eval_batch_size, bar.update)["probs"]
-    else:
-        probs = predictor.predict_arrays(items, cfg.eval_batch_size)["probs"]
-
-    if out is not None:
-        from cleanloop.atomic import write_file
-        from cleanloop.model.score import write_parquet_atomic
-
-        df = predictions_frame(items, probs, predictor.label_names)
-        if out.suffix.lower() == ".parquet":
-            path = write_parquet_atomic(df, out)
-        else:
-            path = write_file(out, lambda tmp: df.to_csv(tmp, index=False))
-        counts = df["label"].value_counts()
-        click.echo(f"{len(df):,} predictions -> {path} ({', '.join(f'{k} {v:,}' for k, v in counts.items())})")
+    res = api.predict(cfg, items, model=model_path, top_k=top_k, output=output_path, progress=bool(file_path))
+    if res.output is not None:
+        counts = res.frame()["label"].value_counts()
+        click.echo(f"{len(res.texts):,} predictions -> {res.output} ({', '.join(f'{k} {v:,}' for k, v in counts.items())})")
         return
-    preds = predictions_from_probs(probs, predictor.label_names)
     if as_json is None:
         as_json = not sys.stdout.isatty()
     if as_json:
-        for text, p in zip(items, preds):
+        for text, p in zip(items, res.predictions):
             click.echo(json.dumps({"text": text, **prediction_record(p, top_k)}, ensure_ascii=False))
     else:
-        _table(items, preds, top_k)
+        _table(items, res.predictions, top_k)
 
 
 @app.command()
@@ -219,28 +168,11 @@ def serve(
     # parallel regions starve it (measured on 2 cores under load: 4 -> 76 texts/s). Only
     # effective before torch is first imported, which is the case when run from the shell.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import uvicorn
+    from cleanloop import api
 
-    from cleanloop.model.serve import create_app, listen_socket
+    def ready(url: str, folder, label_names) -> None:
+        click.echo(f"serving {folder} ({', '.join(label_names)}) on {url} "
+                   "(POST /predict, GET /health, GET /labels; docs at /docs); Ctrl+C to stop", err=True)
 
-    sock = listen_socket(host, port)  # a taken port is said now, not after the model has loaded
-    port = sock.getsockname()[1]
-    folder, predictor = _load_predictor(cfg, model_path)
-    api = create_app(
-        predictor,
-        max_texts=max_texts,
-        max_chars=max_chars,
-        truncate=truncate,
-        max_wait_ms=max_wait_ms,
-        max_batch=max_batch,
-        batch_size=cfg.eval_batch_size,
-        model_name=str(folder),
-    )
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s: the service is reachable from other machines, without authentication", host)
-    click.echo(
-        f"serving {folder} ({', '.join(predictor.label_names)}) on http://{host}:{port} "
-        f"(POST /predict, GET /health, GET /labels; docs at /docs); Ctrl+C to stop",
-        err=True,
-    )
-    uvicorn.Server(uvicorn.Config(api, host=host, port=port, log_level="info", access_log=True)).run(sockets=[sock])
+    api.serve(cfg, model=model_path, host=host, port=port, max_texts=max_texts, max_chars=max_chars, truncate=truncate,
+              max_wait_ms=max_wait_ms, max_batch=max_batch, on_ready=ready)
