@@ -105,7 +105,7 @@ def test_one_call_per_step_the_cli_and_the_loop_share_the_flag_pipeline(tmp_path
     pred = cleanloop.predict(cfg, texts, top_k=2, output=tmp_path / "pred.csv")
     assert [p.label for p in pred.predictions] == ["sports", "food"]
     assert pd.read_csv(pred.output)["label"].tolist() == ["sports", "food"]
-    res = CliRunner().invoke(app, ["predict", *args, "--json", *texts])
+    res = CliRunner().invoke(app, ["predict", "--workdir", str(cfg.workpath), "--method", "features", "--json", *texts])
     assert res.exit_code == 0 and '"label": "sports"' in res.stdout.splitlines()[0], res.output
 
 
