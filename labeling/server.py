@@ -116,7 +116,9 @@ class StackStatus:
 
 def default_home(cfg: Config) -> Path:
     """``<workdir>/argilla`` as an absolute path."""
-    return (Path(cfg.workdir) / "argilla").absolute()
+    from cleanloop.workdir import Workdir
+
+    return Workdir.of(cfg).argilla_home
 
 
 def mask(secret: str) -> str:

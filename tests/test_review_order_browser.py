@@ -18,7 +18,7 @@ from test_argilla_browser import _browser, sign_in
 
 from cleanloop.labeling import argilla_io as aio
 from cleanloop.labeling.journal import Journal
-from cleanloop.loops.retrain import pull_step, wait_for_reviews, wave_pusher
+from cleanloop.loops.review import pull_step, wait_for_reviews, wave_pusher
 
 NAMES = ["joy", "sadness", "anger"]
 QUEUE = [  # id, text, given, suggested, copies (id, label, text)

@@ -40,11 +40,14 @@ from cleanloop.loops.strategies import STRATEGIES
 @click.option("--min-train-examples", type=int, default=ActiveOptions.min_train_examples, show_default=True,
               help="A fine-tune on few labels runs enough epochs to see at least this many examples.")
 @review_wait_options
+@click.option("--webhooks", is_flag=True,
+              help="With --full-retrain: also be woken by Argilla webhooks (listener on 127.0.0.1; for a server on "
+                   "this machine).")
 @click.option("--non-interactive", is_flag=True, help="No progress bar: one log line per change (CI).")
 @writes_workdir
 def active(cfg: Config, home, strategy, batch, max_labels, prefetch, idle_timeout, full_retrain, rounds, seed_per_class,
            switch_per_class, pool, setfit_iterations, min_train_examples, min_reviewed, review_timeout, poll_seconds,
-           non_interactive) -> None:
+           webhooks, non_interactive) -> None:
     """Active learning: label what the model learns most from, in Argilla dataset <argilla-dataset>-label.
 
     Works from zero labels: give the label names (--label-names a,b,c or label_names in the config;
@@ -54,8 +57,8 @@ def active(cfg: Config, home, strategy, batch, max_labels, prefetch, idle_timeou
     never waits. Stop with Ctrl-C and run again to resume. Then: cleanloop export --workdir WORKDIR/active.
     """
     from cleanloop.labeling.argilla_io import server_errors
-    from cleanloop.loops.active import ActiveOptions, active_config, run_active
-    from cleanloop.loops.retrain import loop_root
+    from cleanloop.loops.active import ActiveOptions, run_active
+    from cleanloop.workdir import Workdir
 
     if not full_retrain:
         return _session(cfg, home, strategy, batch, max_labels, prefetch, idle_timeout, pool,
@@ -65,7 +68,7 @@ def active(cfg: Config, home, strategy, batch, max_labels, prefetch, idle_timeou
                          switch_per_class=switch_per_class, pool=pool, setfit_iterations=setfit_iterations,
                          min_train_examples=min_train_examples,
                          min_reviewed=min_reviewed, review_timeout=review_timeout, poll_seconds=poll_seconds,
-                         interactive=not non_interactive)
+                         interactive=not non_interactive, webhooks=webhooks)
     display = ReviewProgress(non_interactive)
 
     def metrics(res):
@@ -86,7 +89,7 @@ def active(cfg: Config, home, strategy, batch, max_labels, prefetch, idle_timeou
 
     with server_errors(cfg.argilla_url, "active"):  # resumable: running it again goes on where it stopped
         state = run_active(cfg, opts, home=home, display=display, on_step=on_step)
-    click.echo(f"done: {len(state.rounds)} round(s); history {loop_root(active_config(cfg)) / 'history.json'}")
+    click.echo(f"done: {len(state.rounds)} round(s); history {Workdir.of(cfg).active().history}")
 
 
 def _session(cfg: Config, home, strategy, batch, max_labels, prefetch, idle_timeout, pool, poll_seconds) -> None:
@@ -107,7 +110,7 @@ def _session(cfg: Config, home, strategy, batch, max_labels, prefetch, idle_time
     def on_answers(labels, pending):
         click.echo(f"  {labels} labels, {pending} queued for the annotators")
 
-    from cleanloop.loops.active import active_config
+    from cleanloop.workdir import Workdir
 
     try:
         batches = online.run_session(cfg, opts, pool=data, embeddings=emb, anchors=anchors, home=home,
@@ -116,4 +119,4 @@ def _session(cfg: Config, home, strategy, batch, max_labels, prefetch, idle_time
         click.echo("stopped; run the same command again to go on")
         return
     click.echo(f"done: {len(batches)} batch(es) queued in this run; export the labels with "
-               f"cleanloop export --workdir {active_config(cfg).workdir}")
+               f"cleanloop export --workdir {Workdir.of(cfg).active().root}")

@@ -45,7 +45,9 @@ def data_describe(cfg: Config, plots_dir: str | None) -> None:
             click.echo(
                 f"  {r.label:<14}{r.examples:>9,}{r.share:>8.1%}{r.words_mean:>12.1f}{r.words_median:>8.0f}{r.words_max:>6}"
             )
-    pngs = plot_describe(dd, Path(plots_dir) if plots_dir else cfg.workpath / "data")
+    from cleanloop.workdir import Workdir
+
+    pngs = plot_describe(dd, Path(plots_dir) if plots_dir else Workdir.of(cfg).data_plots)
     click.echo("\nplots: " + ", ".join(str(p) for p in pngs))
 
 
@@ -154,6 +156,7 @@ def score(cfg: Config, model_path: str | None, splits: tuple[str, ...], output_d
     from cleanloop.model.predict import Predictor
     from cleanloop.model.score import score_frame, write_parquet_atomic
     from cleanloop.model.train import model_dir
+    from cleanloop.workdir import Workdir
 
     folder = Path(model_path) if model_path else model_dir(cfg)
     if not folder.exists():
@@ -166,7 +169,7 @@ def score(cfg: Config, model_path: str | None, splits: tuple[str, ...], output_d
             f"model {folder} predicts {predictor.label_names} but the data has labels "
             f"{dd['train'].features['label'].names}; fix: score with the model trained on this data"
         )
-    out = Path(output_dir) if output_dir else cfg.workpath / "scores"
+    out = Path(output_dir) if output_dir else Workdir.of(cfg).scores
     for split in splits:
         if split not in dd:
             raise CleanloopError(f"no split '{split}' in {cfg.dataset} (has {', '.join(dd)}); fix: pick one of those")

@@ -36,9 +36,10 @@ def flag(cfg: Config, with_map: bool, output_dir: str | None) -> None:
     """Flag likely mislabelled training examples: scores.parquet, review_queue.parquet and a report."""
     from cleanloop.loops.flag import confident_examples, example_checks, review_queue, scores_table, signal_table
     from cleanloop.loops.report import write_report
-    from cleanloop.loops.retrain import reviewed_ids
+    from cleanloop.loops.review import reviewed_ids
     from cleanloop.identity import load_workdir_data
     from cleanloop.model.score import write_parquet_atomic
+    from cleanloop.workdir import Workdir
 
     dd = load_workdir_data(cfg)
     train = dd["train"]
@@ -49,8 +50,8 @@ def flag(cfg: Config, with_map: bool, output_dir: str | None) -> None:
     checks, features = example_checks(cfg, train, embeddings)
     embeddings = features if embeddings is None else embeddings
     scores = scores_table(train["id"], train["text"], labels, probs, names, table, checks)
-    queue = review_queue(scores, cfg.max_review, reviewed_ids(cfg))  # already reviewed: not again
-    out = Path(output_dir) if output_dir else cfg.workpath / "flags"
+    queue = review_queue(scores, cfg.max_review, reviewed_ids(Workdir.of(cfg)))  # already reviewed: not again
+    out = Path(output_dir) if output_dir else Workdir.of(cfg).flags
     write_parquet_atomic(scores, out / "scores.parquet")
     write_parquet_atomic(queue, out / "review_queue.parquet")
     confident = confident_examples(scores)
@@ -61,9 +62,8 @@ def flag(cfg: Config, with_map: bool, output_dir: str | None) -> None:
             from tqdm.auto import tqdm
 
             from cleanloop.model.predict import Predictor
-            from cleanloop.model.train import model_dir
 
-            pred = Predictor.load(model_dir(cfg.replace(method="finetune")), max_length=cfg.max_length, precision=cfg.precision)
+            pred = Predictor.load(Workdir.of(cfg).model("finetune"), max_length=cfg.max_length, precision=cfg.precision)
             with tqdm(total=len(train), desc="embed for the map", unit="ex") as bar:
                 embeddings = pred.predict_arrays(train["text"], cfg.eval_batch_size, bar.update)["embeddings"]
         order = {i: n for n, i in enumerate(train["id"])}

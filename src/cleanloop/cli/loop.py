@@ -19,13 +19,6 @@ _home_option = click.option(
 )
 
 
-def _latest_round(cfg: Config) -> int:
-    from cleanloop.loops.retrain import versions_root
-
-    rounds = [int(p.name.split("-")[1]) for p in versions_root(cfg).glob("round-[0-9][0-9][0-9]")]
-    return max(rounds, default=0)
-
-
 def review_wait_options(func):
     """--min-reviewed, --review-timeout, --poll-seconds: how a loop waits for the annotators."""
     func = click.option("--poll-seconds", type=float, default=5.0, show_default=True,
@@ -58,17 +51,20 @@ def push(cfg: Config, home: str | None, rnd: int | None, queue_path: str | None,
 
     from cleanloop.identity import load_workdir_data
     from cleanloop.labeling import argilla_io as aio
-    from cleanloop.loops.retrain import embed_queue, reviewed_ids, wait_for_reviews, wave_pusher
+    from cleanloop.loops.retrain import embed_queue
+    from cleanloop.loops.review import reviewed_ids, wait_for_reviews, wave_pusher
+    from cleanloop.workdir import Workdir
 
-    path = Path(queue_path) if queue_path else cfg.workpath / "flags" / "review_queue.parquet"
+    wd = Workdir.of(cfg)
+    path = Path(queue_path) if queue_path else wd.review_queue
     if not path.exists():
         raise CleanloopError(f"no review queue at {path}; fix: run 'cleanloop flag' first or pass --queue")
     queue = pd.read_parquet(path)
-    rnd = rnd if rnd is not None else _latest_round(cfg) + 1
+    rnd = rnd if rnd is not None else wd.latest_version() + 1
     train = load_workdir_data(cfg)["train"]
     emb = embed_queue(cfg, train, queue)
     client = aio.connect(cfg, home)
-    skip = reviewed_ids(cfg)
+    skip = reviewed_ids(wd)
     bar = _bar(non_interactive, len(queue) - len(skip & set(queue["id"])), "push")
     with aio.server_errors(cfg.argilla_url, "push"):
         pusher = wave_pusher(client, cfg, queue, emb, train.features["label"].names, rnd, skip, wave=cfg.review_wave,
@@ -116,21 +112,23 @@ def pull(cfg: Config, home: str | None, rnd: int | None, non_interactive: bool) 
     """Take the annotators' answers into the corrections journal and write the cleaned data version."""
     from cleanloop.labeling import argilla_io as aio
     from cleanloop.labeling.journal import Journal
-    from cleanloop.loops.retrain import journal_path, pull_step, round_stats, versions_root
+    from cleanloop.loops.review import pull_step, round_stats
     from cleanloop.loops.versions import write_version
     from cleanloop.identity import load_workdir_data
+    from cleanloop.workdir import Workdir
 
-    rnd = rnd if rnd is not None else _latest_round(cfg) + 1
+    wd = Workdir.of(cfg)
+    rnd = rnd if rnd is not None else wd.latest_version() + 1
     original = load_workdir_data(cfg)
     client = aio.connect(cfg, home)
     bar = _bar(non_interactive, None, "pull")
-    with Journal(journal_path(cfg)) as journal:
+    with Journal(wd.journal) as journal:
         with aio.server_errors(cfg.argilla_url, "pull"):
             result = pull_step(client, cfg, journal, original["train"], rnd,
                                progress=bar.update if bar is not None else None)
         if bar is not None:
             bar.close()
-        path = write_version(original, journal, versions_root(cfg), rnd)
+        path = write_version(original, journal, wd.versions, rnd)
         stats = round_stats(journal, rnd)
     agreement = "" if stats["agreement"] is None else f", agreement {stats['agreement']:.2f}"
     click.echo(f"pulled {result.new_votes:,} new answers, {len(result.decisions):,} new decisions ({result.changed} "
@@ -156,25 +154,25 @@ def export(cfg: Config, to_dir, repo_id, private, overwrite, keep_removed, versi
     """Publish the cleaned data set (parquet per split + dataset card) and optionally the model."""
     from cleanloop.labeling.journal import Journal
     from cleanloop.loops import export as ex
-    from cleanloop.loops.retrain import journal_path, loop_root, versions_root
-    from cleanloop.loops.versions import load_version, version_dir
+    from cleanloop.loops.versions import load_version
     from cleanloop.model.train import model_dir
+    from cleanloop.workdir import Workdir
 
     if not (to_dir or repo_id or model_to or model_hub):
         raise CleanloopError("nothing to export to; fix: pass --to FOLDER and/or --hub OWNER/NAME")
     for folder in (to_dir, model_to):
         if folder:
             ex.check_export_folder(folder, overwrite)  # both checked before anything is written
-    rnd = _latest_round(cfg)
-    path = Path(version_path) if version_path else version_dir(versions_root(cfg), rnd)
+    wd = Workdir.of(cfg)
+    path = Path(version_path) if version_path else wd.version(wd.latest_version())
     version, meta = load_version(path)
-    summary = Journal(journal_path(cfg)).summary() if journal_path(cfg).exists() else {}
+    summary = Journal(wd.journal).summary() if wd.journal.exists() else {}
     info = ex.CleaningInfo(rounds=meta["round"], model=f"{cfg.method} on {cfg.base_model}",
                            reviewed=sum(summary.get(k, 0) for k in ("corrected", "confirmed", "removed")),
                            agreement=summary.get("agreement"))
     from cleanloop.loops.online import labelled_only, session_summary
 
-    active = session_summary(cfg)
+    active = session_summary(wd)
     if active:  # WORKDIR/active of `cleanloop active`: the labelled examples, and how they were chosen
         version = labelled_only(version)
         info = ex.CleaningInfo(rounds=meta["round"], method="cleanloop active learning: labelled in Argilla from "
@@ -186,7 +184,7 @@ def export(cfg: Config, to_dir, repo_id, private, overwrite, keep_removed, versi
         click.echo(f"data set pushed to https://huggingface.co/datasets/"
                    f"{ex.push_dataset_to_hub(version, repo_id, info, private=private, keep_removed=keep_removed)}")
     if model_to or model_hub:
-        final = model_dir(cfg.replace(workdir=str(loop_root(cfg) / "final")))
+        final = wd.round("final").model(cfg.method)
         folder = final if final.exists() else model_dir(cfg)
         if model_to:
             click.echo(f"model: {ex.export_model(folder, model_to, info, overwrite=overwrite)}")
@@ -238,7 +236,8 @@ def retrain_loop(cfg: Config, home, rounds, min_reviewed, review_timeout, poll_s
     (state in WORKDIR/loop/state.json). --max-review caps each round's review queue.
     """
     from cleanloop.labeling.argilla_io import server_errors
-    from cleanloop.loops.retrain import LoopOptions, loop_root, run_loop
+    from cleanloop.loops.retrain import LoopOptions, run_loop
+    from cleanloop.workdir import Workdir
 
     opts = LoopOptions(rounds=rounds, min_reviewed=min_reviewed, review_timeout=review_timeout,
                        poll_seconds=poll_seconds, interactive=not non_interactive, webhooks=webhooks)
@@ -261,5 +260,5 @@ def retrain_loop(cfg: Config, home, rounds, min_reviewed, review_timeout, poll_s
 
     with server_errors(cfg.argilla_url, "retrain-loop"):  # resumable: running it again goes on where it stopped
         state = run_loop(cfg, opts, home=home, display=display, on_step=on_step)
-    root = loop_root(cfg)
-    click.echo(f"done: {len(state.rounds)} round(s); history {root / 'history.json'}; report {root / 'report.md'}")
+    wd = Workdir.of(cfg)
+    click.echo(f"done: {len(state.rounds)} round(s); history {wd.history}; report {wd.report}")
