@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cleanloop.atomic import write_json
 from cleanloop.config import Config
 from cleanloop.errors import CleanloopError
 from cleanloop.labeling.journal import Journal
@@ -54,8 +55,6 @@ class LoopState:
             raise CleanloopError(f"{path} is not a loop state file ({exc}); fix: move it away to start over") from None
 
     def save(self, path: Path) -> None:
-        from cleanloop.atomic import write_json
-
         write_json(path, asdict(self))
 
     def result(self, rnd: int) -> dict:

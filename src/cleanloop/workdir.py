@@ -250,7 +250,3 @@ class Workdir:
 
     def save_npy(self, path: str | Path, array) -> Path:
         return atomic.save_npy(self._inside(path), array)
-
-    def write_folder(self, path: str | Path, build: Callable[[Path], None]) -> Path:
-        """:func:`cleanloop.atomic.write_folder` (build in a temp folder, rename into place) inside this workdir."""
-        return atomic.write_folder(self._inside(path), build)
