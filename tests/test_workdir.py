@@ -146,3 +146,12 @@ def test_no_module_outside_workdir_py_builds_a_workdir_path():
                     if re.search(pattern, code):
                         bad.append(f"{path.relative_to(ROOT)}:{n}: {what}: {line.strip()}")
     assert not bad, "\n".join(bad)
+
+
+def test_doctests():
+    import doctest
+
+    from cleanloop import workdir
+
+    result = doctest.testmod(workdir)
+    assert result.failed == 0 and result.attempted >= 4
