@@ -41,7 +41,8 @@ def write_history(workdir: Workdir, rows: list[dict], keys: Sequence[str], title
             a1.plot(labels, [np.nan if v is None else v for v in vals], style, label=key)
     a1.set_xlabel("round (model trained at its start; final = after the last round)")
     a1.set_title("evaluation")
-    a1.legend()
+    if a1.lines:
+        a1.legend()
     x = np.arange(len(rows))
     for off, key in ((-0.27, "reviewed"), (0.0, "changed"), (0.27, "removed")):
         a2.bar(x + off, [r.get(key) or 0 for r in rows], width=0.27, label=key)
