@@ -319,7 +319,6 @@ def run_session(cfg: Config, opts: SessionOptions, *, pool: PoolData, embeddings
         head.fit(embeddings[lab], labels[lab])
 
     def queue_next() -> BatchInfo | None:
-        nonlocal pending
         room = opts.max_labels - int((labels >= 0).sum()) - int(pending.sum()) if opts.max_labels else opts.batch_size
         n = min(opts.batch_size, room)
         if n <= 0:
