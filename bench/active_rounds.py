@@ -53,6 +53,7 @@ from cleanloop.loops.active import (ActiveOptions, EmbeddingLogReg, FinetuneLear
 from cleanloop.loops.strategies import STRATEGIES, Pool, make_strategy
 from cleanloop.model.data import load_data
 from cleanloop.model.train import extract_features
+from cleanloop.workdir import Workdir
 
 TARGET = 0.85
 # the measured plain fine-tune of the packaged MiniLM on random labels: labels -> test accuracy
@@ -79,7 +80,7 @@ def simulate(strategy_name: str, seed: int, data: dict, args, workdir: Path) -> 
             kind = "logreg" if args.model == "logreg" else learner_kind(gold[lab], len(names), args.switch_per_class)
             learner = {"logreg": lambda: EmbeddingLogReg(data["embed"], seed),
                        "setfit": lambda: SetFitLearner(opts, seed),
-                       "finetune": lambda: FinetuneLearner(cfg, workdir / f"{strategy_name}-{seed}" / "model",
+                       "finetune": lambda: FinetuneLearner(cfg, Workdir(workdir / f"{strategy_name}-{seed}"),
                                                            opts.min_train_examples)}[kind]()
             t0 = time.perf_counter()
             probs, metrics = fit_and_score(learner, [texts[i] for i in lab], gold[lab], names, texts,

@@ -54,9 +54,10 @@ def drive(cfg_json: str, kill: str | None, events_out: str | None) -> None:
 
     mods = {n: importlib.import_module(n) for n in (
         "cleanloop.atomic", "cleanloop.labeling.argilla_io", "cleanloop.labeling.journal", "cleanloop.loops.versions",
-        "cleanloop.model.train", "cleanloop.loops.retrain", "cleanloop.model.score", "cleanloop.loops.report",
+        "cleanloop.model.train", "cleanloop.loops.retrain", "cleanloop.loops.rounds", "cleanloop.model.score",
+        "cleanloop.loops.report",
         "cleanloop.loops.judge", "cleanloop.identity", "cleanloop.lock", "cleanloop.loops.export")}
-    rt = mods["cleanloop.loops.retrain"]
+    rt, engine = mods["cleanloop.loops.retrain"], mods["cleanloop.loops.rounds"]
     step, counts, events = ["setup"], Counter(), []
     want_step, want_k = (kill.split(":")[0], int(kill.split(":")[1])) if kill else (None, 0)
 
@@ -81,7 +82,7 @@ def drive(cfg_json: str, kill: str | None, events_out: str | None) -> None:
     targets = [(mods["cleanloop.atomic"], "write_file"), (mods["cleanloop.atomic"], "replace_folder"),
                (mods["cleanloop.labeling.argilla_io"], "log_records"), (mods["cleanloop.labeling.argilla_io"], "progress"),
                (mods["cleanloop.loops.versions"], "write_version"), (mods["cleanloop.model.train"].ClassifierTrainer, "train"),
-               (mods["cleanloop.labeling.journal"].Journal, "record_pull"), (rt.LoopState, "save")]
+               (mods["cleanloop.labeling.journal"].Journal, "record_pull"), (engine.LoopState, "save")]
     for owner, name in targets:
         orig = getattr(owner, name)
         new = wrap(orig, name)
@@ -91,25 +92,17 @@ def drive(cfg_json: str, kill: str | None, events_out: str | None) -> None:
                     setattr(mod, attr, new)
         setattr(owner, name, new)
 
-    real_run_rounds = rt.run_rounds
+    real_step, real_final = engine.RoundLoop.run_step, engine.RoundLoop.run_final
 
-    def run_rounds(state, state_file, rounds, steps, begin_round, final=None, on_step=None, name="loop"):
-        def begin(rnd, res):
-            do = begin_round(rnd, res)
+    def run_step(self, s, rnd):
+        step[0] = s.name
+        return real_step(self, s, rnd)
 
-            def do_step(s):
-                step[0] = s
-                return do(s)
+    def run_final(self):
+        step[0] = "final"
+        return real_final(self)
 
-            return do_step
-
-        def fin():
-            step[0] = "final"
-            return final()
-
-        return real_run_rounds(state, state_file, rounds, steps, begin, fin if final else None, on_step, name)
-
-    rt.run_rounds = run_rounds
+    engine.RoundLoop.run_step, engine.RoundLoop.run_final = run_step, run_final
     cfg = Config(**json.loads(cfg_json))
     rt.run_loop(cfg, rt.LoopOptions(rounds=1, review_timeout=600, poll_seconds=0.5))
     if events_out:
@@ -168,12 +161,13 @@ def snapshot(cfg, work: Path) -> dict:
 
     from cleanloop.labeling.journal import Journal
     from cleanloop.loops.versions import load_version
+    from cleanloop.workdir import Workdir
 
-    with Journal(work / "journal.sqlite") as j:
+    with Journal(Workdir(work).journal) as j:
         votes = sorted([v.example_id, v.annotator, v.label or "", v.status] for v in j.votes())
         decisions = [[d.example_id, d.old_label, d.new_label or "", d.action, list(d.annotators), round(d.agreement, 6)]
                      for d in j.history()]
-    version = load_version(work / "versions" / "round-001")[0]
+    version = load_version(Workdir(work).version(1))[0]
     rows = {s: sorted(zip(ds["id"], ds["label"], ds["original_label"], ds["label_source"])) for s, ds in version.items()}
     out = work / "export"
     proc = subprocess.run([sys.executable, "-m", "cleanloop", "export", "--workdir", str(work), "--to", str(out),

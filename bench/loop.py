@@ -39,9 +39,11 @@ from noise import inject_noise
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from cleanloop.config import Config  # noqa: E402
+from cleanloop.config import LoopOptions  # noqa: E402
 from cleanloop.labeling.embedded import credentials, down, up  # noqa: E402
-from cleanloop.loops.retrain import LoopOptions, loop_root, run_loop, versions_root  # noqa: E402
-from cleanloop.loops.versions import load_version, version_dir  # noqa: E402
+from cleanloop.loops.retrain import run_loop  # noqa: E402
+from cleanloop.loops.versions import load_version  # noqa: E402
+from cleanloop.workdir import Workdir  # noqa: E402
 from cleanloop.model.data import load_data  # noqa: E402
 from cleanloop.model.train import ClassifierTrainer  # noqa: E402
 
@@ -123,7 +125,7 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(args.workdir).absolute()
-    if (loop_root(Config(workdir=str(work)))).exists():
+    if Workdir(work).loop.exists():
         sys.exit(f"{work} has a previous loop; remove it for a fresh measurement")
     base = Config(epochs=args.epochs, method=args.method, max_train_samples=args.max_train_samples, seed=args.seed)
     truth, names = write_noisy_data(base, work / "data", args.seed, args.max_eval_samples)
@@ -145,7 +147,7 @@ def main() -> None:
     try:
         ann_key = credentials(cfg, home)["annotator"].api_key
         os.environ["ARGILLA_API_KEY"] = credentials(cfg, home)["owner"].api_key
-        th = threading.Thread(target=annotator, args=(cfg.argilla_url, ann_key, cfg, truth, loop_root(cfg) / "state.json",
+        th = threading.Thread(target=annotator, args=(cfg.argilla_url, ann_key, cfg, truth, Workdir(work).loop_state,
                                                        answered, stop), daemon=True)
         th.start()
         state = run_loop(cfg, LoopOptions(rounds=1, review_timeout=3 * 3600, poll_seconds=5),
@@ -154,7 +156,7 @@ def main() -> None:
         stop.set()
         down(cfg, home)
 
-    version, _ = load_version(version_dir(versions_root(cfg), 1))
+    version, _ = load_version(Workdir(work).version(1))
     train = version["train"]
     kept = [(i, names[lbl], src) for i, lbl, src in zip(train["id"], train["label"], train["label_source"]) if src != "removed"]
     label_acc_after = float(np.mean([lbl == truth[i] for i, lbl, _ in kept]))

@@ -11,12 +11,12 @@ Each round:
 ``wait``   until the annotators answered (or the timeout);
 ``pull``   take the answers into the journal, and ``apply`` write the next data version.
 
-It shares every moving part with the review loop (:mod:`cleanloop.loops.retrain`): push, pull,
-wait, the journal, the versions and the resumable state file. Everything lives under
-``WORKDIR/active`` (its own journal: an active-learning label is a decision on an example whose
-original label is "none", stored as label ``-1``)::
-
-    journal.sqlite, versions/round-NNN/, loop/state.json, loop/round-NNN/{probs.npy,batch.parquet,model/}
+It runs on the round engine of the review loop (:mod:`cleanloop.loops.rounds`): the same push,
+wait (webhooks included), pull and apply steps, the journal, the versions, the resumable state file
+and the history. Everything lives in the workdir's active-learning workdir (:meth:`Workdir.active
+<cleanloop.workdir.Workdir.active>`, ``WORKDIR/active``: its own journal, where an active-learning
+label is a decision on an example whose original label is "none", stored as label ``-1``; each
+round's ``probs.npy``, ``batch.parquet`` and ``model/`` in ``loop/round-NNN/``).
 
 The pool is ``--pool`` (default: the data set's train split) with its labels hidden, except
 ``seed_per_class`` examples per class that start the loop.
@@ -33,14 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cleanloop.atomic import save_npy, write_json
 from cleanloop.config import ActiveOptions, Config
 from cleanloop.errors import CleanloopError
-from cleanloop.loops.strategies import Pool, make_strategy
+from cleanloop.loops.rounds import ApplyStep, LoopState, PullStep, PushStep, Round, RoundLoop, Step, WaitStep
+from cleanloop.loops.strategies import Pool, QueryStrategy, make_strategy
+from cleanloop.workdir import Workdir
 
 log = logging.getLogger("cleanloop.active")
 
-STEPS = ("train", "query", "push", "wait", "pull", "apply")
 SEED_ANNOTATOR = "seed"
 LABEL_GUIDELINES = """\
 # Label each text
@@ -111,7 +111,8 @@ class SetFitLearner(Learner):
 
 
 class FinetuneLearner(Learner):
-    """The fine-tuned classifier of ``cleanloop train`` (:class:`ClassifierTrainer`), saved in ``folder``.
+    """The fine-tuned classifier of ``cleanloop train`` (:class:`ClassifierTrainer`), saved in the model
+    folder of ``workdir``.
 
     ``min_examples``: train at least ``cfg.epochs`` epochs, more on a small labelled set, so that the
     model sees at least this many examples (``epochs = max(cfg.epochs, min_examples / n)``).
@@ -119,9 +120,9 @@ class FinetuneLearner(Learner):
 
     name = "finetune"
 
-    def __init__(self, cfg: Config, folder: Path, min_examples: int = 0):
-        self.cfg = cfg.replace(method="finetune", record_dynamics=False, workdir=str(Path(folder).parent))
-        self.folder = Path(folder)
+    def __init__(self, cfg: Config, workdir: Workdir, min_examples: int = 0):
+        self.cfg = cfg.replace(method="finetune", record_dynamics=False)
+        self.workdir = workdir
         self.min_examples = min_examples
         self.predictor = None
 
@@ -136,8 +137,8 @@ class FinetuneLearner(Learner):
         train = datasets.Dataset.from_dict({"id": [str(i) for i in range(len(texts))], "text": list(texts),
                                             "label": np.asarray(labels).tolist()}, features=feats)
         cfg = self.cfg.replace(epochs=finetune_epochs(len(texts), self.cfg.epochs, self.min_examples))
-        ClassifierTrainer(cfg).train(datasets.DatasetDict({"train": train}), self.folder)
-        self.predictor = Predictor.load(self.folder, max_length=self.cfg.max_length, precision=self.cfg.precision)
+        folder = ClassifierTrainer(cfg, workdir=self.workdir).train(datasets.DatasetDict({"train": train})).output_dir
+        self.predictor = Predictor.load(folder, max_length=self.cfg.max_length, precision=self.cfg.precision)
         return self
 
     def predict_proba(self, texts):
@@ -231,8 +232,9 @@ def annotation_matrix(ids: Sequence[str], seed_labels: dict[str, int], votes, la
 
 
 def active_config(cfg: Config) -> Config:
-    """The loop's own workdir (WORKDIR/active) and Argilla dataset (<argilla_dataset>-label)."""
-    return cfg.replace(workdir=str(cfg.workpath / "active"), argilla_dataset=cfg.argilla_dataset + "-label")
+    """``cfg`` with the active-learning loops' own Argilla dataset (<argilla_dataset>-label); their
+    files are in :meth:`Workdir.active <cleanloop.workdir.Workdir.active>`."""
+    return cfg.replace(argilla_dataset=cfg.argilla_dataset + "-label")
 
 
 def active_data(cfg: Config, opts: ActiveOptions):
@@ -257,14 +259,14 @@ def active_data(cfg: Config, opts: ActiveOptions):
     return datasets.DatasetDict(out)
 
 
-def _make_learner(kind: str, cfg: Config, opts: ActiveOptions, folder: Path) -> Learner:
+def _make_learner(kind: str, cfg: Config, opts: ActiveOptions, workdir: Workdir) -> Learner:
     if kind == "setfit":
         return SetFitLearner(opts, cfg.seed)
-    return FinetuneLearner(cfg, folder / "model", opts.min_train_examples)
+    return FinetuneLearner(cfg, workdir, opts.min_train_examples)
 
 
-def _train(cfg: Config, opts: ActiveOptions, version, folder: Path, previous: str | None, score_pool: bool = True):
-    """Train this round's model on the labelled rows of ``version``; (pool probs or None, result dict)."""
+def _train(cfg: Config, opts: ActiveOptions, version, workdir: Workdir, previous: str | None, score_pool: bool = True):
+    """Train a model in ``workdir`` on the labelled rows of ``version``; (pool probs or None, result dict)."""
     train, names = version["train"], version["train"].features["label"].names
     labels = np.asarray(train["label"])
     keep = np.flatnonzero((labels >= 0) & (np.asarray(train["label_source"]) != "removed"))
@@ -274,110 +276,122 @@ def _train(cfg: Config, opts: ActiveOptions, version, folder: Path, previous: st
                  len(keep) / len(names), opts.switch_per_class, previous, kind)
     texts = list(train["text"])
     test = version["test"] if "test" in version else None
-    probs, metrics = fit_and_score(_make_learner(kind, cfg, opts, folder), [texts[i] for i in keep], labels[keep],
+    probs, metrics = fit_and_score(_make_learner(kind, cfg, opts, workdir), [texts[i] for i in keep], labels[keep],
                                    names, texts if score_pool else [], list(test["text"]) if test else [],
                                    np.asarray(test["label"]) if test else None)
     counts = np.bincount(labels[keep], minlength=len(names))
     return probs, {"model": kind, "labelled": int(len(keep)), "per_class": dict(zip(names, counts.tolist())), **metrics}
 
 
-def run_active(cfg: Config, opts: ActiveOptions, *, client=None, home: str | Path | None = None,
-               display: Callable[[int, int], None] | None = None,
-               on_step: Callable[[int, str, dict], None] | None = None):
-    """Run (or resume) the active-learning loop for ``opts.rounds`` rounds; returns the LoopState.
+def _previous_model(loop: RoundLoop, rnd: int) -> str | None:
+    return loop.state.rounds.get(str(rnd - 1), {}).get("model")
 
-    Resumable like the review loop: each step is checkpointed in WORKDIR/active/loop/state.json
-    (temp + rename) after it finished, and each can run again without harm.
-    """
+
+class TrainStep(Step):
+    """Fit the round's model on what is labelled, evaluate it on the test split and score the pool."""
+
+    name = "train"
+
+    def __init__(self, cfg: Config, opts: ActiveOptions):
+        self.cfg, self.opts = cfg, opts
+
+    def run(self, loop, rnd):
+        probs, info = _train(self.cfg, self.opts, rnd.version, rnd.workdir, _previous_model(loop, rnd.number))
+        rnd.workdir.save_npy(rnd.workdir.pool_probs, probs)
+        rnd.result.update(info)
+
+
+class QueryStep(Step):
+    """Pick the round's batch with the query strategy from the pool's probabilities."""
+
+    name = "query"
+
+    def __init__(self, cfg: Config, opts: ActiveOptions, strategy: QueryStrategy, seed_labels: dict[str, int]):
+        self.cfg, self.opts, self.strategy, self.seed_labels = cfg, opts, strategy, seed_labels
+
+    def run(self, loop, rnd):
+        import pandas as pd
+
+        from cleanloop.model.score import write_parquet_atomic
+        from cleanloop.model.train import extract_features
+
+        pool, names = loop.original["train"], loop.names
+        pool_ids, pool_texts = list(pool["id"]), list(pool["text"])
+        probs = np.load(rnd.workdir.pool_probs)
+        labelled = np.asarray(rnd.version["train"]["label"]) >= 0
+        emb = extract_features(self.cfg, pool, loop.workdir) if self.strategy.name == "diversity" else None
+        ann = annotation_matrix(pool_ids, self.seed_labels, loop.journal.votes(), names) if self.strategy.relabels else None
+        idx = self.strategy.query(Pool(probs, labelled, emb, ann), self.opts.batch_size,
+                                  np.random.default_rng([self.cfg.seed, rnd.number]))
+        top = probs[idx].argmax(1)
+        queue = pd.DataFrame({
+            "id": [pool_ids[i] for i in idx], "text": [pool_texts[i] for i in idx],
+            "given_label": [None] * len(idx), "suggested_label": [names[t] for t in top],
+            "suggested_score": probs[idx, top].astype(float), "label_quality": np.nan, "loss": np.nan,
+            "relabel": labelled[idx]})
+        write_parquet_atomic(queue, rnd.workdir.batch)
+        rnd.result.update(queried=len(queue), relabel=int(labelled[idx].sum()))
+
+
+def _round_batch(rnd: Round) -> tuple:
     import pandas as pd
 
-    from cleanloop.labeling.journal import Journal
-    from cleanloop.loops.retrain import (LoopState, _version, journal_path, lazy_client, loop_root,
-                                         pull_step, push_step, round_stats, run_rounds, versions_root,
-                                         wait_for_reviews)
-    from cleanloop.loops.versions import write_version
-    from cleanloop.model.score import write_parquet_atomic
-    from cleanloop.model.train import extract_features
+    return pd.read_parquet(rnd.workdir.batch), None
 
-    acfg = active_config(cfg)
-    root = loop_root(acfg)
-    state_file = root / "state.json"
-    state = LoopState.load(state_file)
-    options_file = root / "options.json"
-    if options_file.exists() and state.rounds:
-        before = json.loads(options_file.read_text())
+
+HISTORY_KEYS = ("round", "model", "labelled", "queried", "relabel", "pushed", "answered", "reviewed", "removed",
+                "agreement", "test_accuracy", "test_macro_f1")
+
+
+def _check_resume(workdir: Workdir, opts: ActiveOptions) -> None:
+    """Refuse to resume a loop with other seed labels; record the options."""
+    path = workdir.loop_options
+    if path.exists() and LoopState.load(workdir.loop_state).rounds:
+        before = json.loads(path.read_text())
         changed = [k for k in ("seed_per_class", "pool") if (before.get(k) or None) != (getattr(opts, k) or None)]
         if changed:
             raise CleanloopError(
-                f"{root} was started with {', '.join(f'{k}={before.get(k)!r}' for k in changed)}, not "
+                f"{workdir.loop} was started with {', '.join(f'{k}={before.get(k)!r}' for k in changed)}, not "
                 f"{', '.join(f'{k}={getattr(opts, k)!r}' for k in changed)}: the seed labels would differ; "
                 "fix: pass the same options to resume, or another --workdir to start over")
-    write_json(options_file, opts.to_dict())
-    strategy = make_strategy(opts.strategy)
-    original = active_data(cfg, opts)
-    pool = original["train"]
-    names = pool.features["label"].names
-    pool_ids, pool_texts = list(pool["id"]), list(pool["text"])
-    seed_labels = {i: int(lbl) for i, lbl in zip(pool_ids, pool["label"]) if lbl >= 0}
-    journal = Journal(journal_path(acfg))
-    connected = lazy_client(cfg, home, client)  # cfg: the embedded server's home is WORKDIR/argilla
+    workdir.write_json(path, opts.to_dict())
 
-    def previous_model(rnd: int) -> str | None:
-        return state.rounds.get(str(rnd - 1), {}).get("model")
 
-    def begin_round(rnd: int, res: dict) -> Callable[[str], None]:
-        folder = root / f"round-{rnd:03d}"
-        version = _version(original, journal, acfg, rnd - 1)
+def run_active(cfg: Config, opts: ActiveOptions, *, client=None, home: str | Path | None = None,
+               display: Callable[[int, int], None] | None = None,
+               on_step: Callable[[int, str, dict], None] | None = None,
+               workdir: Workdir | None = None) -> LoopState:
+    """Run (or resume) the active-learning loop for ``opts.rounds`` rounds; returns the LoopState.
 
-        def do(step: str) -> None:
-            if step == "train":
-                probs, info = _train(acfg, opts, version, folder, previous_model(rnd))
-                save_npy(folder / "probs.npy", probs)
-                res.update(info)
-            elif step == "query":
-                probs = np.load(folder / "probs.npy")
-                labelled = np.asarray(version["train"]["label"]) >= 0
-                emb = extract_features(acfg, pool) if strategy.name == "diversity" else None
-                ann = annotation_matrix(pool_ids, seed_labels, journal.votes(), names) if strategy.relabels else None
-                idx = strategy.query(Pool(probs, labelled, emb, ann), opts.batch_size,
-                                     np.random.default_rng([cfg.seed, rnd]))
-                top = probs[idx].argmax(1)
-                queue = pd.DataFrame({
-                    "id": [pool_ids[i] for i in idx], "text": [pool_texts[i] for i in idx],
-                    "given_label": [None] * len(idx), "suggested_label": [names[t] for t in top],
-                    "suggested_score": probs[idx, top].astype(float), "label_quality": np.nan, "loss": np.nan,
-                    "relabel": labelled[idx]})
-                write_parquet_atomic(queue, folder / "batch.parquet")
-                res.update(queried=len(queue), relabel=int(labelled[idx].sum()))
-            elif step == "push":
-                queue = pd.read_parquet(folder / "batch.parquet")
-                skip = set() if strategy.relabels else journal.reviewed_ids()
-                res["pushed_ids"] = push_step(connected(), acfg, queue, None, names, rnd, skip,
-                                              flagged_by=(strategy.name,), guidelines=LABEL_GUIDELINES)
-                res["pushed"] = len(res["pushed_ids"])
-            elif step == "wait":
-                res["answered"] = wait_for_reviews(connected(), acfg, res.get("pushed_ids", []), opts.min_reviewed,
-                                                   opts.review_timeout, opts.poll_seconds, display)
-            elif step == "pull":
-                res["new_votes_last_pull"] = pull_step(connected(), acfg, journal, pool, rnd).new_votes
-                res.update(round_stats(journal, rnd))
-            elif step == "apply":
-                res["version"] = str(write_version(original, journal, versions_root(acfg), rnd))
-                res.update(round_stats(journal, rnd))
+    Resumable like the review loop (the same round engine): each step is checkpointed in the
+    active-learning workdir's ``loop/state.json`` after it finished, and each can run again without
+    harm. workdir: the user's workdir (default ``Workdir.of(cfg)``); the loop works in its
+    :meth:`~cleanloop.workdir.Workdir.active`.
+    """
+    owner = workdir or Workdir.of(cfg)
+    awd = owner.active()
+    with owner.lock("cleanloop active"):
+        _check_resume(awd, opts)
+        strategy = make_strategy(opts.strategy)
+        original = active_data(cfg, opts)
+        pool = original["train"]
+        seed_labels = {i: int(lbl) for i, lbl in zip(pool["id"], pool["label"]) if lbl >= 0}
+        push = PushStep(_round_batch, flagged_by=(strategy.name,), guidelines=LABEL_GUIDELINES,
+                        relabel=strategy.relabels)
 
-        return do
+        def final(loop: RoundLoop) -> dict:
+            _, info = _train(cfg, opts, loop.version(opts.rounds), awd.round("final"),
+                             _previous_model(loop, opts.rounds + 1), score_pool=False)
+            return {"round": "final", **info}
 
-    def final() -> dict:
-        _, info = _train(acfg, opts, _version(original, journal, acfg, opts.rounds), root / "final",
-                         previous_model(opts.rounds + 1), score_pool=False)
-        return {"round": "final", **info}
-
-    try:
-        run_rounds(state, state_file, opts.rounds, STEPS, begin_round, final if opts.final_train else None, on_step,
-                   name="active")
-        rows = [{k: v for k, v in r.items() if k != "pushed_ids"}
-                for _, r in sorted(state.rounds.items(), key=lambda kv: int(kv[0]))]
-        write_json(root / "history.json", rows + ([state.final] if state.final else []))
-        return state
-    finally:
-        journal.close()
+        about = [f"Pool: {opts.pool or cfg.dataset}; strategy: {opts.strategy}, {opts.batch_size} per round; "
+                 f"SetFit until {opts.switch_per_class} labels per class, then fine-tuning {cfg.base_model}.",
+                 "Each row is a round: the model trained at its start on the labels so far, the batch it picked "
+                 "and what the annotators answered. The last row is the model trained after the last round."]
+        loop = RoundLoop("active", active_config(cfg), awd,
+                         [TrainStep(cfg, opts), QueryStep(cfg, opts, strategy, seed_labels), push, WaitStep(push),
+                          PullStep(), ApplyStep()],
+                         original, opts, owner=owner, final=final if opts.final_train else None, client=client,
+                         home=home, display=display, on_step=on_step, history_keys=HISTORY_KEYS,
+                         title="cleanloop active learning", about=about)
+        return loop.run()

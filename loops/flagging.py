@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cleanloop.config import Config
+from cleanloop.workdir import Workdir
 
 
 @dataclass
@@ -29,11 +30,13 @@ class Flags:
     folder: Path  # where scores.parquet and review_queue.parquet are
 
 
-def flag_examples(cfg: Config, train_ds, max_review: int, skip_ids: Iterable[str], folder: Path) -> Flags:
+def flag_examples(cfg: Config, train_ds, max_review: int, skip_ids: Iterable[str], workdir: Workdir | None = None,
+                  folder: Path | None = None) -> Flags:
     """Flag the examples of ``train_ds`` (a ``Dataset`` with id, text, label) as ``cfg`` says.
 
     max_review: the queue's length (0: every flagged example). skip_ids: examples already reviewed,
-    left out of the queue (they stay in the scores). Raises :class:`~cleanloop.errors.WeakModelError`
+    left out of the queue (they stay in the scores). workdir: whose model judges (default
+    ``Workdir.of(cfg)``); folder: where the tables go (default the workdir's flags). Raises :class:`~cleanloop.errors.WeakModelError`
     when the model behind the flags is no better than the majority class.
     """
     from cleanloop.loops.flag import example_checks, review_queue, scores_table, signal_table
@@ -42,12 +45,17 @@ def flag_examples(cfg: Config, train_ds, max_review: int, skip_ids: Iterable[str
 
     names = train_ds.features["label"].names
     labels = np.asarray(train_ds["label"])
-    probs, embeddings, source = judging_probs(cfg, train_ds)
+    wd = workdir or Workdir.of(cfg)
+    probs, embeddings, source = judging_probs(cfg, train_ds, wd)
     checks, features = example_checks(cfg, train_ds, embeddings)
     scores = scores_table(list(train_ds["id"]), list(train_ds["text"]), labels, probs, names,
                           signal_table(labels, probs, cfg.filter_by), checks)
     queue = review_queue(scores, max_review, skip_ids)
-    folder = Path(folder)
-    write_parquet_atomic(scores, folder / "scores.parquet")
-    write_parquet_atomic(queue, folder / "review_queue.parquet")
+    if folder is None:
+        folder, scores_file, queue_file = wd.flags, wd.flag_scores, wd.review_queue
+    else:  # --output: a folder of the user's choice
+        folder = Path(folder)
+        scores_file, queue_file = folder / wd.flag_scores.name, folder / wd.review_queue.name
+    write_parquet_atomic(scores, scores_file)
+    write_parquet_atomic(queue, queue_file)
     return Flags(scores, queue, features if embeddings is None else embeddings, source, folder)

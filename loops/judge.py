@@ -13,23 +13,28 @@ from pathlib import Path
 
 import numpy as np
 
-from cleanloop.atomic import save_npy
 from cleanloop.config import Config
 from cleanloop.errors import CleanloopError, WeakModelError
+from cleanloop.workdir import Workdir
 
 log = logging.getLogger("cleanloop")
 
 
-def judging_probs(cfg: Config, train_ds) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """Probabilities that judge the train labels, the embeddings if they come for free, and a description."""
+def judging_probs(cfg: Config, train_ds, workdir: Workdir | None = None) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Probabilities that judge the train labels, the embeddings if they come for free, and a description.
+
+    workdir (default ``Workdir.of(cfg)``): whose model's dynamics judge, where the out-of-fold models
+    train and the caches are.
+    """
     from cleanloop.loops.oof import oof_finetune, oof_logreg
     from cleanloop.loops.signals import dynamics_probs
-    from cleanloop.model.train import extract_features, model_dir
+    from cleanloop.model.train import extract_features
 
+    wd = workdir or Workdir.of(cfg)
     labels = np.asarray(train_ds["label"])
     names = train_ds.features["label"].names
     if cfg.flag_source == "dynamics":
-        path = model_dir(cfg.replace(method="finetune")) / "dynamics.npz"
+        path = wd.model("finetune") / "dynamics.npz"
         if not path.exists():
             raise CleanloopError(
                 f"no training dynamics at {path}; fix: run 'cleanloop train' first (it records them), "
@@ -47,15 +52,15 @@ def judging_probs(cfg: Config, train_ds) -> tuple[np.ndarray, np.ndarray | None,
         if split:
             check_model(cfg, np.asarray(metrics[split]["confusion_matrix"]), labels, f"{split} ({path.parent})")
         return dynamics_probs(dyn["probs"]), None, source
-    cache = cfg.workpath / "cache" / f"oof-{cfg.method}-{cfg.folds}-{_version_key(cfg, train_ds)}.npy"
+    cache = wd.cached(f"oof-{cfg.method}-{cfg.folds}", _version_key(cfg, train_ds))
     probs = _load_cache(cache, (len(labels), len(names)))
-    feats = extract_features(cfg, train_ds) if cfg.method == "features" else None
+    feats = extract_features(cfg, train_ds, wd) if cfg.method == "features" else None
     if probs is None:
         if feats is not None:
             probs = oof_logreg(feats, labels, len(names), cfg.folds, cfg.seed)
         else:
-            probs = oof_finetune(cfg, train_ds, cfg.folds, progress=log.info)
-        save_npy(cache, probs)  # atomic: a kill never leaves half a cache
+            probs = oof_finetune(cfg, train_ds, cfg.folds, progress=log.info, workdir=wd)
+        wd.save_npy(cache, probs)  # atomic: a kill never leaves half a cache
     from sklearn.metrics import confusion_matrix
 
     check_model(cfg, confusion_matrix(labels, probs.argmax(1), labels=range(len(names))), labels,

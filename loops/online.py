@@ -19,9 +19,10 @@ A session, :func:`run_session`:
 
 Each batch records how many labels its model had seen (``model_labels``) against the labels answered
 when it was queued (``labels_at_push``), and the seconds between the annotator's last answer of the
-batch before it and its push (0 when it was queued in time). State: ``WORKDIR/active/loop/session.json``.
-The answers stay in ``WORKDIR/active/journal.sqlite``; the session ends by writing a data version
-(``WORKDIR/active/versions/round-NNN``) that ``cleanloop export --workdir WORKDIR/active`` publishes.
+batch before it and its push (0 when it was queued in time). Everything is in the workdir's
+active-learning workdir (:meth:`Workdir.active <cleanloop.workdir.Workdir.active>`, ``WORKDIR/active``):
+the batches in its ``loop/session.json``, the answers in its journal; the session ends by writing a
+data version there that ``cleanloop export --workdir WORKDIR/active`` publishes.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import numpy as np
 from cleanloop.config import ActiveOptions, Config
 from cleanloop.errors import CleanloopError
 from cleanloop.loops.strategies import Coverage, Pool, make_strategy
+from cleanloop.workdir import Workdir
 
 log = logging.getLogger("cleanloop.active")
 
@@ -108,13 +110,15 @@ def load_pool(cfg: Config, source: str | None = None) -> PoolData:
     return PoolData(frame["id"].tolist(), frame["text"].tolist(), labels, names)
 
 
-def embed(cfg: Config, ids: Sequence[str], texts: Sequence[str]) -> np.ndarray:
-    """(N, D) unit-length sentence embeddings (mean pooling of ``cfg.base_model``), cached on disk by content."""
+def embed(cfg: Config, ids: Sequence[str], texts: Sequence[str], workdir: Workdir | None = None) -> np.ndarray:
+    """(N, D) unit-length sentence embeddings (mean pooling of ``cfg.base_model``), cached on disk by content
+    (in the cache of ``workdir``, default ``Workdir.of(cfg)``)."""
     from cleanloop.model.train import extract_features
 
     import datasets
 
-    feats = extract_features(cfg.replace(pooling="mean"), datasets.Dataset.from_dict({"id": list(ids), "text": list(texts)}))
+    feats = extract_features(cfg.replace(pooling="mean"), datasets.Dataset.from_dict({"id": list(ids), "text": list(texts)}),
+                             workdir)
     feats = np.asarray(feats, dtype=np.float32)
     return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
 
@@ -240,28 +244,29 @@ def pick_batch(strategy_name: str, head: LightHead, embeddings: np.ndarray, labe
 def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings: np.ndarray, anchors: np.ndarray,
                 client=None, home: str | Path | None = None, on_batch: Callable[[BatchInfo, LightHead], None] | None = None,
                 on_answers: Callable[[int, int], None] | None = None, should_stop: Callable[[], bool] | None = None,
-                clock: Callable[[], float] = time.monotonic) -> list[BatchInfo]:
+                clock: Callable[[], float] = time.monotonic, workdir: Workdir | None = None) -> list[BatchInfo]:
     """Run a responsive session until ``max_labels``, the pool's end, ``idle_timeout`` or ``should_stop()``.
 
     pool, embeddings (N, D), anchors (C, D): from :func:`load_pool`, :func:`embed` and :func:`label_anchors`.
     on_batch(info, head): after each batch is queued; on_answers(labels, pending): after each pull
     that brought answers. Returns the batches queued in this call. Resumable: the answers are in the
-    journal, the batches in ``loop/session.json``; records pushed but unanswered stay pending.
+    journal, the batches in ``loop/session.json`` of the active-learning workdir (of ``workdir``, default
+    ``Workdir.of(cfg)``); records pushed but unanswered stay pending.
     """
     from cleanloop.labeling.journal import Journal
     from cleanloop.loops.active import LABEL_GUIDELINES, active_config
-    from cleanloop.atomic import write_json
-    from cleanloop.loops.retrain import journal_path, lazy_client, loop_root, pull_step, push_step, versions_root
+    from cleanloop.loops.review import lazy_client, pull_step, push_step
     from cleanloop.loops.versions import write_version
 
     acfg = active_config(cfg)
+    awd = (workdir or Workdir.of(cfg)).active()
     names = pool.names
-    state_file = loop_root(acfg) / "session.json"
+    state_file = awd.session
     previous = json.loads(state_file.read_text()) if state_file.exists() else {"batches": []}
     done_before = previous["batches"]
     original = pool.dataset()
     row = {i: n for n, i in enumerate(pool.ids)}
-    journal = Journal(journal_path(acfg))
+    journal = Journal(awd.journal)
     connected = lazy_client(cfg, home, client)
     rng = np.random.default_rng([cfg.seed, len(done_before)])
     head = LightHead(anchors, C=opts.C, temperature=opts.temperature, anchor_weight=opts.anchor_weight, seed=cfg.seed)
@@ -285,7 +290,6 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
         head.fit(embeddings[lab], labels[lab])
 
     def queue_next() -> BatchInfo | None:
-        nonlocal pending
         room = opts.max_labels - int((labels >= 0).sum()) - int(pending.sum()) if opts.max_labels else opts.batch_size
         n = min(opts.batch_size, room)
         if n <= 0:
@@ -318,7 +322,7 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
         return info
 
     def save() -> None:
-        write_json(state_file, {"options": asdict(opts), "batches": done_before + [asdict(b) for b in batches]})
+        awd.write_json(state_file, {"options": asdict(opts), "batches": done_before + [asdict(b) for b in batches]})
 
     try:
         refit()
@@ -355,24 +359,22 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
         save()
         return batches
     finally:
-        written = [int(p.name.split("-")[1]) for p in versions_root(acfg).glob("round-[0-9][0-9][0-9]")]
-        write_version(original, journal, versions_root(acfg), max(written, default=0) + 1)
+        write_version(original, journal, awd.versions, awd.latest_version() + 1)
         journal.close()
 
 
-def session_summary(acfg: Config) -> dict | None:
-    """What a dataset card says about the active-learning session in ``acfg`` (the WORKDIR/active config):
-    labels, annotators, strategies, and the learning curve on the user's own data (the share of each
-    batch's pre-selected suggestions the annotators kept, against the labels the model had seen).
-    None when no session ran there."""
+def session_summary(workdir: Workdir) -> dict | None:
+    """What a dataset card says about the active-learning session in ``workdir`` (an active-learning
+    workdir, WORKDIR/active): labels, annotators, strategies, and the learning curve on the user's own
+    data (the share of each batch's pre-selected suggestions the annotators kept, against the labels
+    the model had seen). None when no session ran there."""
     from cleanloop.labeling.journal import Journal
-    from cleanloop.loops.retrain import journal_path, loop_root
 
-    path = loop_root(acfg) / "session.json"
-    if not path.exists() or not journal_path(acfg).exists():
+    path = workdir.session
+    if not path.exists() or not workdir.journal.exists():
         return None
     batches = json.loads(path.read_text())["batches"]
-    with Journal(journal_path(acfg)) as journal:
+    with Journal(workdir.journal) as journal:
         decided = {i: d.new_label for i, d in journal.current().items() if d.action in ("corrected", "confirmed")}
         votes = journal.votes()
     by = {}

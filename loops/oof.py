@@ -13,6 +13,7 @@ import numpy as np
 
 from cleanloop.config import Config
 from cleanloop.errors import CleanloopError
+from cleanloop.workdir import Workdir
 
 
 def check_folds(labels: np.ndarray, k: int, label_names: list[str] | None = None) -> None:
@@ -54,12 +55,12 @@ def oof_logreg(features: np.ndarray, labels: np.ndarray, num_classes: int, k: in
 
 
 def oof_finetune(
-    cfg: Config, train_ds, k: int = 5, progress: Callable[[str], None] | None = None
+    cfg: Config, train_ds, k: int = 5, progress: Callable[[str], None] | None = None, workdir: Workdir | None = None
 ) -> np.ndarray:
     """Out-of-fold probabilities (N, C) from k fine-tunes, each on the other k-1 folds.
 
-    train_ds: the train ``Dataset`` (id, text, label). Each fold trains with
-    ``cfg``'s settings (label smoothing included) in ``WORKDIR/oof/fold-i``.
+    train_ds: the train ``Dataset`` (id, text, label). Each fold trains with ``cfg``'s settings
+    (label smoothing included) in ``workdir`` (default ``Workdir.of(cfg)``; :meth:`Workdir.oof_fold`).
     """
     import datasets
 
@@ -71,11 +72,12 @@ def oof_finetune(
     check_folds(labels, k, names)
     probs = np.zeros((len(labels), len(names)))
     fold_cfg = cfg.replace(method="finetune", record_dynamics=False)
+    wd = workdir or Workdir.of(cfg)
     for i, (train_idx, held) in enumerate(fold_indices(labels, k, cfg.seed)):
         if progress:
             progress(f"fold {i + 1}/{k}: fine-tuning on {len(train_idx):,} examples")
-        out = cfg.workpath / "oof" / f"fold-{i}"
-        ClassifierTrainer(fold_cfg).train(datasets.DatasetDict({"train": train_ds.select(train_idx)}), out)
+        out = wd.oof_fold(i)
+        ClassifierTrainer(fold_cfg, workdir=wd).train(datasets.DatasetDict({"train": train_ds.select(train_idx)}), out)
         pred = Predictor.load(out, max_length=cfg.max_length, precision=cfg.precision)
         probs[held] = pred.predict_arrays(train_ds.select(held)["text"], batch_size=cfg.eval_batch_size)["probs"]
     return probs

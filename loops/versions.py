@@ -30,8 +30,9 @@ from pathlib import Path
 from cleanloop.atomic import write_folder
 from cleanloop.errors import CleanloopError
 from cleanloop.labeling.journal import Decision, Journal
+from cleanloop.workdir import round_dir
 
-__all__ = ["SOURCES", "apply_decisions", "load_version", "training_view", "write_version", "version_dir"]
+__all__ = ["SOURCES", "apply_decisions", "load_version", "training_view", "write_version"]
 
 SOURCES = ("original", "corrected", "removed")
 VERSION_META = "cleanloop_version.json"
@@ -92,12 +93,9 @@ def training_view(version):
     return datasets.DatasetDict(out)
 
 
-def version_dir(root: str | Path, round: int) -> Path:
-    return Path(root) / f"round-{round:03d}"
-
-
 def write_version(dd, journal: Journal, root: str | Path, round: int, upto_seq: int | None = None) -> Path:
-    """Apply the journal (up to decision ``upto_seq``) to the original ``dd`` and save the version.
+    """Apply the journal (up to decision ``upto_seq``) to the original ``dd`` and save the version in the
+    versions folder ``root`` (a workdir's :attr:`~cleanloop.workdir.Workdir.versions`).
 
     Written with ``save_to_disk`` to a temporary folder that is renamed into place (:func:`write_folder`), so a crash
     never leaves half a version; writing the same round again replaces it with the same content.
@@ -112,7 +110,7 @@ def write_version(dd, journal: Journal, root: str | Path, round: int, upto_seq: 
         (tmp / VERSION_META).write_text(json.dumps({"round": round, "journal_seq": seq, "journal": str(journal.path),
                                                     "label_sources": counts}, indent=2))
 
-    return write_folder(version_dir(root, round), build)
+    return write_folder(round_dir(root, round), build)
 
 
 def load_version(path: str | Path):

@@ -23,13 +23,14 @@ import numpy as np
 import torch
 
 from cleanloop import __version__
-from cleanloop.atomic import folder_tmp, replace_folder, save_npy
+from cleanloop.atomic import folder_tmp, replace_folder
 from cleanloop.config import Config
 from cleanloop.model.card import model_card
 from cleanloop.model import precision as prec
 from cleanloop.model.infer import classifier_step, default_device, encoder_step, forward_batches, resolve_model_name
 from cleanloop.model.metrics import classification_metrics, plot_confusion_matrix
 from cleanloop.model.predict import FEATURES_HEAD, FEATURES_META
+from cleanloop.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ class TrainResult:
 
 
 def model_dir(cfg: Config) -> Path:
-    """Where ``cleanloop train`` puts the model of ``cfg.method``."""
-    return cfg.workpath / ("model" if cfg.method == "finetune" else "features")
+    """Where ``cleanloop train`` puts the model of ``cfg.method`` (in ``cfg.workdir``)."""
+    return Workdir.of(cfg).model(cfg.method)
 
 
 def evaluate_splits(probs_by_split: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], out: Path, title: str):
@@ -72,18 +73,20 @@ def evaluate_splits(probs_by_split: dict[str, tuple[np.ndarray, np.ndarray]], na
 
 
 class ClassifierTrainer:
-    """Train, evaluate and save a classifier as ``cfg`` says::
+    """Train, evaluate and save a classifier as ``cfg`` says, in ``workdir`` (default ``Workdir.of(cfg)``:
+    its model folder, its checkpoints while fine-tuning, its feature cache)::
 
         result = ClassifierTrainer(cfg).train(dataset_dict)
         result.metrics["test"]["accuracy"]
     """
 
-    def __init__(self, cfg: Config, callbacks: tuple = ()):
+    def __init__(self, cfg: Config, callbacks: tuple = (), workdir: Workdir | None = None):
         self.cfg = cfg
         self.callbacks = list(callbacks)  # extra transformers TrainerCallbacks (e.g. tuning's pruning)
+        self.workdir = workdir or Workdir.of(cfg)
 
     def train(self, dd, output_dir: Path | None = None) -> TrainResult:
-        out = Path(output_dir) if output_dir is not None else model_dir(self.cfg)
+        out = Path(output_dir) if output_dir is not None else self.workdir.model(self.cfg.method)
         if self.cfg.method == "features":
             return self._train_features(dd, out)
         return self._train_finetune(dd, out)
@@ -126,7 +129,7 @@ class ClassifierTrainer:
         run_prec = prec.resolve(cfg.precision, device)[0]  # before the check: dynamics, training
         train_bf16 = run_prec == "bf16"  # int8 is for inference only: it trains in fp32
         args = TrainingArguments(
-            output_dir=str(cfg.workpath / "checkpoints"),
+            output_dir=str(self.workdir.checkpoints),
             num_train_epochs=cfg.epochs,
             learning_rate=cfg.learning_rate,
             per_device_train_batch_size=cfg.batch_size,
@@ -235,7 +238,7 @@ class ClassifierTrainer:
                 probs=np.stack(dynamics),
             )
         self._write(tmp, metrics, info, names)
-        shutil.rmtree(cfg.workpath / "checkpoints", ignore_errors=True)
+        shutil.rmtree(self.workdir.checkpoints, ignore_errors=True)
         replace_folder(tmp, out)
         return TrainResult(
             out, metrics, seconds, [out / p.name for p in pngs], probs={s: p for s, (_, p) in eval_probs.items()}
@@ -251,7 +254,7 @@ class ClassifierTrainer:
 
         cfg = self.cfg
         names = dd["train"].features["label"].names
-        feats = {split: extract_features(cfg, ds) for split, ds in dd.items()}
+        feats = {split: extract_features(cfg, ds, self.workdir) for split, ds in dd.items()}
         y = {split: np.asarray(ds["label"]) for split, ds in dd.items()}
         start = time.perf_counter()
         head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=cfg.seed))
@@ -335,8 +338,9 @@ def _full_proba(clf, X: np.ndarray, num_classes: int) -> np.ndarray:
     return probs
 
 
-def extract_features(cfg: Config, ds) -> np.ndarray:
-    """Frozen-encoder features (N, D) for a split, cached on disk by model, pooling and content."""
+def extract_features(cfg: Config, ds, workdir: Workdir | None = None) -> np.ndarray:
+    """Frozen-encoder features (N, D) for a split, cached on disk (in the cache of ``workdir``, default
+    ``Workdir.of(cfg)``) by model, pooling and content."""
     from transformers import AutoModel, AutoTokenizer
 
     device = default_device()
@@ -346,7 +350,8 @@ def extract_features(cfg: Config, ds) -> np.ndarray:
         key.update(part.encode() + b"\0")
     for i, t in zip(ds["id"], ds["text"]):
         key.update(i.encode() + b"\0" + t.encode() + b"\0")
-    cache = cfg.workpath / "cache" / f"features-{key.hexdigest()[:20]}.npy"
+    wd = workdir or Workdir.of(cfg)
+    cache = wd.cached("features", key.hexdigest()[:20])
     if cache.exists():
         return np.load(cache)
     name = resolve_model_name(cfg.base_model)
@@ -359,5 +364,5 @@ def extract_features(cfg: Config, ds) -> np.ndarray:
             model, tok, list(ds["text"]), encoder_step(cfg.pooling), cfg.eval_batch_size, cfg.max_length, bar.update,
             precision,
         )["features"]
-    save_npy(cache, feats)
+    wd.save_npy(cache, feats)
     return feats

@@ -29,10 +29,10 @@ from cleanloop.atomic import write_text
 from cleanloop.config import GROUPS, Config
 from cleanloop.errors import CleanloopError
 from cleanloop.model.train import ClassifierTrainer
+from cleanloop.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
-STUDY_DB = "study.db"
 DEFAULT_STUDY = "cleanloop"
 # what a trial sets; the rest of the configuration (data, base model, seed...) stays as given
 TUNED = ("learning_rate", "epochs", "warmup_ratio", "weight_decay", "label_smoothing", "batch_size", "class_weights")
@@ -116,7 +116,7 @@ class TuneResult:
 
 def study_path(cfg: Config) -> Path:
     """The SQLite file that holds the studies of ``cfg.workdir``."""
-    return cfg.workpath / "tune" / STUDY_DB
+    return Workdir.of(cfg).study_db
 
 
 def _import_optuna():
@@ -200,9 +200,10 @@ def tune(
         raise CleanloopError(f"--trials must be at least 1, got {trials}")
     space = space or SearchSpace()
     search = DatasetDict({"train": dd["train"], "validation": dd["validation"]})  # test never chooses
-    folder = cfg.workpath / "tune"
+    wd = Workdir.of(cfg)
+    folder = wd.tune
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    storage = f"sqlite:///{(folder / STUDY_DB).resolve()}"
+    storage = f"sqlite:///{wd.study_db.resolve()}"
     setup = _setup(cfg, space)
     study = optuna.create_study(
         study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
@@ -211,7 +212,7 @@ def tune(
     if "setup" in study.user_attrs and study.user_attrs["setup"] != setup:
         diff = sorted(k for k in setup if study.user_attrs["setup"].get(k) != setup[k])
         raise CleanloopError(
-            f"study '{study_name}' in {folder / STUDY_DB} was run with other {', '.join(diff)}; "
+            f"study '{study_name}' in {wd.study_db} was run with other {', '.join(diff)}; "
             "fix: pass --study-name NEW for a new search, or the same settings to resume it"
         )
     TS = optuna.trial.TrialState
@@ -228,12 +229,12 @@ def tune(
 
     def objective(trial) -> float:
         settings = space.suggest(trial)
-        run = folder / f"trial-{trial.number}"
-        tcfg = cfg.replace(**settings, record_dynamics=False, workdir=str(run))
+        run = wd.trial(trial.number)
+        tcfg = cfg.replace(**settings, record_dynamics=False)
         try:
-            res = ClassifierTrainer(tcfg, callbacks=[pruning_callback(trial)]).train(search, run / "model")
+            res = ClassifierTrainer(tcfg, callbacks=[pruning_callback(trial)], workdir=run).train(search)
         finally:
-            shutil.rmtree(run, ignore_errors=True)
+            shutil.rmtree(run.root, ignore_errors=True)
         trial.set_user_attr("validation_accuracy", res.metrics["validation"]["accuracy"])
         trial.set_user_attr("train_seconds", round(res.train_seconds, 1))
         return res.metrics["validation"]["macro_f1"]
@@ -268,7 +269,7 @@ def tune(
                                f"best of study '{study_name}' (trial {best.number}, validation macro F1 {best.value:.4f})")
     plots = _plots(study, folder)
     result = TuneResult(
-        study_name=study_name, storage=folder / STUDY_DB, best_value=float(best.value), best_settings=best_settings,
+        study_name=study_name, storage=wd.study_db, best_value=float(best.value), best_settings=best_settings,
         best_trial=best.number, baseline_value=baseline, trials_complete=len(complete),
         trials_pruned=len(study.get_trials(deepcopy=False, states=(TS.PRUNED,))),
         trials_failed=len(study.get_trials(deepcopy=False, states=(TS.FAIL,))),

@@ -18,7 +18,7 @@ from cleanloop.labeling import argilla_io as aio
 from cleanloop.labeling.journal import Journal
 from cleanloop.errors import CleanloopError
 from cleanloop.loops.active import ActiveOptions, active_config, finetune_epochs, run_active
-from cleanloop.loops.retrain import journal_path, loop_root
+from cleanloop.workdir import Workdir
 
 
 class Stop(KeyboardInterrupt):
@@ -50,7 +50,7 @@ def label_everything_pushed(argilla_server, cfg: Config, truth: dict[str, str]) 
 
 
 def batch_ids(cfg: Config, rnd: int) -> list[str]:
-    return list(pd.read_parquet(loop_root(active_config(cfg)) / f"round-{rnd:03d}" / "batch.parquet")["id"])
+    return list(pd.read_parquet(Workdir.of(cfg).active().round(rnd).batch)["id"])
 
 
 def test_active_loop_labels_a_batch_then_excludes_it_and_switches_model(tmp_path, argilla_server, monkeypatch, caplog):
@@ -71,14 +71,14 @@ def test_active_loop_labels_a_batch_then_excludes_it_and_switches_model(tmp_path
         run_active(cfg, opts, on_step=stop_after_push)  # round 1: train, query, push; then "Ctrl-C"
     first = batch_ids(cfg, 1)
     assert len(first) == 6
-    acfg = active_config(cfg)
+    acfg, awd = active_config(cfg), Workdir.of(cfg).active()
     assert acfg.argilla_dataset == "active-label" and aio.get_dataset(argilla_server.client(), cfg) is None
     labelled = label_everything_pushed(argilla_server, acfg, truth)
     assert sorted(labelled) == sorted(first)
 
     with pytest.raises(Stop):
         run_active(cfg, opts, on_step=stop_after_push)  # resumes at wait; pull, apply; round 2 up to its push
-    state = json.loads((loop_root(acfg) / "state.json").read_text())
+    state = json.loads((awd.loop_state).read_text())
     r1, r2 = state["rounds"]["1"], state["rounds"]["2"]
     assert (r1["model"], r1["labelled"], r1["reviewed"], r1["answered"]) == ("setfit", 6, 6, 6)
     assert (r2["model"], r2["labelled"]) == ("finetune", 12) and state["done"] == ["train", "query", "push"]
@@ -89,13 +89,13 @@ def test_active_loop_labels_a_batch_then_excludes_it_and_switches_model(tmp_path
     assert 0.0 <= r1["test_accuracy"] <= 1.0 and 0.0 <= r2["test_macro_f1"] <= 1.0
 
     # the answers went through the journal (label "" = none before) into version 1
-    with Journal(journal_path(acfg)) as j:
+    with Journal(awd.journal) as j:
         decisions = j.current()
     assert {i: (d.old_label, d.action, d.new_label) for i, d in decisions.items()} == \
         {i: ("", "corrected", truth[i]) for i in first}
     from cleanloop.loops.versions import load_version
 
-    version, meta = load_version(acfg.workpath / "versions" / "round-001")
+    version, meta = load_version(awd.version(1))
     labels = np.asarray(version["train"]["label"])
     assert (labels >= 0).sum() == 12 and meta["label_sources"]["train"]["corrected"] == 6
     got = {i: NAMES[lbl] for i, lbl in zip(version["train"]["id"], labels) if i in labelled}

@@ -19,7 +19,7 @@ from cleanloop.labeling import argilla_io as aio
 from cleanloop.labeling.journal import Journal
 from cleanloop.loops import online
 from cleanloop.loops.active import active_config
-from cleanloop.loops.retrain import journal_path
+from cleanloop.workdir import Workdir
 
 
 def topic_pool(tmp_path) -> tuple[pd.DataFrame, list[str]]:
@@ -160,13 +160,13 @@ def test_session_from_zero_labels_queues_ahead_and_goes_through_the_journal(tmp_
     assert np.mean([sugg[i].value == gold[i] for b in batches for i in b.ids]) > 0.5
 
     # every answer went through the journal into a data version
-    with Journal(journal_path(active_config(cfg))) as j:
+    with Journal(Workdir.of(cfg).active().journal) as j:
         decisions = j.current()
     assert {i: (d.action, d.new_label) for i, d in decisions.items()} == \
         {i: ("corrected", gold[i]) for b in batches for i in b.ids}
     from cleanloop.loops.versions import load_version
 
-    version, _ = load_version(active_config(cfg).workpath / "versions" / "round-001")
+    version, _ = load_version(Workdir.of(cfg).active().version(1))
     assert (np.asarray(version["train"]["label"]) >= 0).sum() == 12
 
     # and out through `cleanloop export`: the labelled examples only, with a card saying how they were made
@@ -176,7 +176,7 @@ def test_session_from_zero_labels_queues_ahead_and_goes_through_the_journal(tmp_
     from cleanloop.cli.options import app
 
     out = tmp_path / "export"
-    res = CliRunner().invoke(app, ["export", "--workdir", active_config(cfg).workdir, "--to", str(out)])
+    res = CliRunner().invoke(app, ["export", "--workdir", str(Workdir.of(cfg).active().root), "--to", str(out)])
     assert res.exit_code == 0, res.output
     exported = pd.read_parquet(out / "data" / "train.parquet")
     assert len(exported) == 12 and {NAMES[i] for i in exported["label"]} <= set(NAMES)

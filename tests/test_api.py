@@ -16,6 +16,7 @@ from test_review_loop import NAMES, answer_as_annotator, expected_train, exporte
 
 import cleanloop
 from cleanloop import api
+from cleanloop.workdir import Workdir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +82,7 @@ def test_one_call_per_step_the_cli_and_the_loop_share_the_flag_pipeline(tmp_path
     loaded = cleanloop.load(cfg)
     assert loaded.label_names == NAMES and loaded.sizes == {"train": 90, "validation": 24, "test": 24}
     trained = cleanloop.train(cfg)
-    assert trained.output_dir == cfg.workpath / "features" and trained.metrics["test"]["accuracy"] > 0.9
+    assert trained.output_dir == Workdir.of(cfg).model("features") and trained.metrics["test"]["accuracy"] > 0.9
 
     flags = cleanloop.flag(cfg, with_map=False, progress=False)  # flagging from Python: one call
     assert len(set(flags.queue["id"]) & set(flipped)) >= len(flipped) - 2
@@ -105,7 +106,7 @@ def test_one_call_per_step_the_cli_and_the_loop_share_the_flag_pipeline(tmp_path
     pred = cleanloop.predict(cfg, texts, top_k=2, output=tmp_path / "pred.csv")
     assert [p.label for p in pred.predictions] == ["sports", "food"]
     assert pd.read_csv(pred.output)["label"].tolist() == ["sports", "food"]
-    res = CliRunner().invoke(app, ["predict", "--workdir", str(cfg.workpath), "--method", "features", "--json", *texts])
+    res = CliRunner().invoke(app, ["predict", "--workdir", cfg.workdir, "--method", "features", "--json", *texts])
     assert res.exit_code == 0 and '"label": "sports"' in res.stdout.splitlines()[0], res.output
 
 

@@ -116,14 +116,16 @@ def test_nearest_neighbours_handles_tiny_inputs(n):
 
 
 def test_retrain_loop_stops_before_review_and_retrains_when_run_again(tmp_path):
-    from cleanloop.config import Config
+    from cleanloop.config import Config, LoopOptions
     from cleanloop.errors import WeakModelError
-    from cleanloop.loops.retrain import LoopOptions, LoopState, loop_root, run_loop
+    from cleanloop.loops.retrain import run_loop
+    from cleanloop.loops.rounds import LoopState
+    from cleanloop.workdir import Workdir
 
     random_labels(tmp_path)
     cfg = Config(dataset=str(tmp_path), workdir=str(tmp_path / "work"), method="features", folds=3,
                  argilla_url="http://127.0.0.1:9")  # never reached: the loop stops before the push
     with pytest.raises(WeakModelError, match="not clearly better than always predicting the majority class"):
         run_loop(cfg, LoopOptions(rounds=1))
-    state = LoopState.load(loop_root(cfg) / "state.json")
+    state = LoopState.load(Workdir.of(cfg).loop_state)
     assert state.round == 1 and state.done == []  # run again (more epochs, more data): it trains again

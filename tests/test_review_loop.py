@@ -25,7 +25,8 @@ from click.testing import CliRunner
 from cleanloop.config import Config
 from cleanloop.labeling import argilla_io as aio
 from cleanloop.labeling.journal import Journal
-from cleanloop.loops.retrain import LoopOptions, journal_path, loop_root, run_loop
+from cleanloop.loops.retrain import LoopOptions, run_loop
+from cleanloop.workdir import Workdir
 
 NAMES = ["food", "sports", "weather"]
 TOPICS = {
@@ -149,7 +150,7 @@ RESULTS: dict[str, pd.DataFrame] = {}
 def test_review_round_trip_end_to_end(tmp_path, argilla_server, monkeypatch):
     monkeypatch.setenv("ARGILLA_API_KEY", argilla_server.owner_key)
     cfg, flipped = loop_config(tmp_path, argilla_server, "loop-e2e")
-    state_file = loop_root(cfg) / "state.json"
+    state_file = Workdir.of(cfg).loop_state
     pushed = lambda: state_file.exists() and "push" in json.loads(state_file.read_text())["done"]  # noqa: E731
 
     # the loop waits for the reviews in a thread; the annotator answers meanwhile
@@ -185,12 +186,12 @@ def test_review_round_trip_end_to_end(tmp_path, argilla_server, monkeypatch):
     corrected = sum(1 for i, lbl in answers.items() if i in flipped and lbl is not None)
     assert (r1["changed"], r1["removed"]) == (corrected, 1) and r1["reviewed"] == len(answers)
     assert r1["agreement"] == 1.0 and "test_accuracy" in state["final"]
-    history = json.loads((loop_root(cfg) / "history.json").read_text())
+    history = json.loads((Workdir.of(cfg).history).read_text())
     assert [h["round"] for h in history] == [1, "final"] and history[0]["changed"] == corrected
-    assert (loop_root(cfg) / "history.png").stat().st_size > 0 and "| round |" in (loop_root(cfg) / "report.md").read_text()
+    assert (Workdir.of(cfg).history_plot).stat().st_size > 0 and "| round |" in (Workdir.of(cfg).report).read_text()
 
     # the journal holds one decision per answered record; pulling again through the CLI adds nothing
-    with Journal(journal_path(cfg)) as j:
+    with Journal(Workdir.of(cfg).journal) as j:
         assert len(j.history()) == len(answers)
     import cleanloop.cli  # noqa: F401
     from cleanloop.cli.options import app
@@ -203,7 +204,7 @@ def test_review_round_trip_end_to_end(tmp_path, argilla_server, monkeypatch):
     # a progress bar, then one summary line; the SDK's own INFO lines only with --verbose
     assert "Logged in as" not in again.output
     assert sum("pulled " in line or "round 1:" in line for line in again.output.splitlines()) == 1
-    with Journal(journal_path(cfg)) as j:
+    with Journal(Workdir.of(cfg).journal) as j:
         assert len(j.history()) == len(answers)
 
     out = run_export(cfg, tmp_path / "export")
@@ -256,21 +257,21 @@ def test_killed_between_pull_and_apply_resumes_to_the_same_result(tmp_path, argi
         run_loop(cfg, LoopOptions(rounds=1), on_step=stop_after_push)
     answers = answer_as_annotator(argilla_server, cfg, flipped)
 
-    n_pushed = json.loads((loop_root(cfg) / "state.json").read_text())["rounds"]["1"]["pushed"]
+    n_pushed = json.loads((Workdir.of(cfg).loop_state).read_text())["rounds"]["1"]["pushed"]
     cfg_json = json.dumps(cfg.replace().to_dict())
     env = {**os.environ, "ARGILLA_API_KEY": argilla_server.owner_key}
     # resume in a process that gets SIGKILLed when it reaches apply (min_reviewed: what was answered)
     killer = KILLER.replace("rounds=1,", f"rounds=1, min_reviewed={n_pushed - 1},")
     proc = subprocess.run([sys.executable, "-c", killer, cfg_json], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
-    state = json.loads((loop_root(cfg) / "state.json").read_text())
+    state = json.loads((Workdir.of(cfg).loop_state).read_text())
     assert state["done"] == ["train", "flag", "push", "wait", "pull"] and not state["finished"]
-    with Journal(journal_path(cfg)) as j:
+    with Journal(Workdir.of(cfg).journal) as j:
         assert len(j.history()) == len(answers) and len(j.pulls()) == 1  # the pull was committed
 
     final = run_loop(cfg, LoopOptions(rounds=1, min_reviewed=n_pushed - 1, review_timeout=60))
     assert final.finished
-    with Journal(journal_path(cfg)) as j:
+    with Journal(Workdir.of(cfg).journal) as j:
         assert len(j.history()) == len(answers)  # nothing applied twice
     r1 = final.rounds["1"]
     assert r1["removed"] == 1 and r1["changed"] == sum(1 for i, lbl in answers.items() if i in flipped and lbl)

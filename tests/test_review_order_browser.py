@@ -19,7 +19,7 @@ from test_argilla_browser import _browser, sign_in
 
 from cleanloop.labeling import argilla_io as aio
 from cleanloop.labeling.journal import Journal
-from cleanloop.loops.retrain import pull_step, wait_for_reviews, wave_pusher
+from cleanloop.loops.review import pull_step, wait_for_reviews, wave_pusher
 
 log = logging.getLogger(__name__)
 NAMES = ["joy", "sadness", "anger"]

@@ -12,7 +12,7 @@ from cleanloop.errors import CleanloopError
 from cleanloop.identity import example_fingerprint
 from cleanloop.labeling import argilla_io as aio
 from cleanloop.labeling.journal import Journal
-from cleanloop.loops.retrain import pull_step, push_step
+from cleanloop.loops.review import pull_step, push_step
 from cleanloop.loops.versions import load_version, write_version
 
 NAMES = ["neg", "pos"]

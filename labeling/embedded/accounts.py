@@ -52,8 +52,10 @@ class Credential:
 
 def resolve_home(cfg: Config, home: str | Path | None = None) -> Path:
     """The Argilla home as an absolute path: ``home``, else ``$CLEANLOOP_ARGILLA_HOME``, else ``<workdir>/argilla``."""
+    from cleanloop.workdir import Workdir
+
     chosen = home or os.environ.get(HOME_ENV)
-    return Path(chosen).expanduser().absolute() if chosen else (Path(cfg.workdir) / "argilla").absolute()
+    return Path(chosen).expanduser().absolute() if chosen else Workdir.of(cfg).argilla_home
 
 
 def mask(secret: str) -> str:

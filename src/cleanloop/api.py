@@ -33,6 +33,7 @@ import numpy as np
 
 from cleanloop.config import SERVE_MAX_BATCH, SERVE_MAX_WAIT_MS, Config
 from cleanloop.errors import CleanloopError
+from cleanloop.workdir import Workdir
 
 if TYPE_CHECKING:
     from cleanloop.model.train import TrainResult
@@ -52,12 +53,10 @@ log = logging.getLogger("cleanloop")
 def _writing(cfg: Config, step: str):
     """Hold the workdir's write lock (re-entrant: a command holding it already goes on); under
     ``accelerate launch`` only the main process (rank 0, the one that saves) takes it."""
-    from cleanloop.lock import workdir_lock
-
     if int(os.environ.get("RANK", "0")) > 0:
         yield
         return
-    with workdir_lock(cfg.workpath, f"cleanloop.{step}()"):
+    with Workdir.of(cfg).lock(f"cleanloop.{step}()"):
         yield
 
 
@@ -68,14 +67,6 @@ def _bar(progress: bool, total: int | None, desc: str, unit: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit)
-
-
-def _latest_round(cfg: Config) -> int:
-    """The highest round with a data version in the workdir (0: none yet)."""
-    from cleanloop.loops.retrain import versions_root
-
-    rounds = [int(p.name.split("-")[1]) for p in versions_root(cfg).glob("round-[0-9][0-9][0-9]")]
-    return max(rounds, default=0)
 
 
 def _load_predictor(cfg: Config, model: str | Path | None):
@@ -133,7 +124,7 @@ def describe(cfg: Config, plots: str | Path | None = None) -> DescribeResult:
 
     with _writing(cfg, "describe"):
         dd = load_data(cfg)
-        return DescribeResult(describe_table(dd), plot_describe(dd, Path(plots) if plots else cfg.workpath / "data"))
+        return DescribeResult(describe_table(dd), plot_describe(dd, Path(plots) if plots else Workdir.of(cfg).data_plots))
 
 
 # --- train and score ------------------------------------------------------------------------------------
@@ -211,7 +202,7 @@ def score(cfg: Config, *, model: str | Path | None = None, splits: Sequence[str]
                 f"model {folder} predicts {predictor.label_names} but the data has labels "
                 f"{dd['train'].features['label'].names}; fix: score with the model trained on this data"
             )
-        out = Path(output) if output else cfg.workpath / "scores"
+        out = Path(output) if output else Workdir.of(cfg).scores
         result = ScoreResult(folder, [])
         for split in splits:
             if split not in dd:
@@ -254,13 +245,14 @@ def flag(cfg: Config, *, with_map: bool = True, output: str | Path | None = None
     from cleanloop.loops.flag import confident_examples
     from cleanloop.loops.flagging import flag_examples
     from cleanloop.loops.report import write_report
-    from cleanloop.loops.retrain import reviewed_ids
+    from cleanloop.loops.review import reviewed_ids
     from cleanloop.model.score import write_parquet_atomic
 
     with _writing(cfg, "flag"):
         train_ds = load_workdir_data(cfg)["train"]
-        flags = flag_examples(cfg, train_ds, cfg.max_review, reviewed_ids(cfg),  # already reviewed: not again
-                              Path(output) if output else cfg.workpath / "flags")
+        wd = Workdir.of(cfg)
+        flags = flag_examples(cfg, train_ds, cfg.max_review, reviewed_ids(wd), wd,  # already reviewed: not again
+                              folder=Path(output) if output else None)
         confident = confident_examples(flags.scores)
         write_parquet_atomic(confident, flags.folder / "confident_examples.parquet")
         emb = None
@@ -276,9 +268,8 @@ def flag(cfg: Config, *, with_map: bool = True, output: str | Path | None = None
 def _embed_for_map(cfg: Config, train_ds, progress: bool) -> np.ndarray:
     """(N, D) embeddings of the train split by the fine-tuned model, for the report's map."""
     from cleanloop.model.predict import Predictor
-    from cleanloop.model.train import model_dir
 
-    pred = Predictor.load(model_dir(cfg.replace(method="finetune")), max_length=cfg.max_length, precision=cfg.precision)
+    pred = Predictor.load(Workdir.of(cfg).model("finetune"), max_length=cfg.max_length, precision=cfg.precision)
     bar = _bar(progress, len(train_ds), "embed for the map", "ex")
     try:
         return pred.predict_arrays(train_ds["text"], cfg.eval_batch_size,
@@ -358,18 +349,20 @@ def push(cfg: Config, *, home: str | Path | None = None, round: int | None = Non
 
     from cleanloop.identity import load_workdir_data
     from cleanloop.labeling import argilla_io as aio
-    from cleanloop.loops.retrain import embed_queue, reviewed_ids, wait_for_reviews, wave_pusher
+    from cleanloop.loops.retrain import embed_queue
+    from cleanloop.loops.review import reviewed_ids, wait_for_reviews, wave_pusher
 
-    path = Path(queue) if queue else cfg.workpath / "flags" / "review_queue.parquet"
+    wd = Workdir.of(cfg)
+    path = Path(queue) if queue else wd.review_queue
     if not path.exists():
         raise CleanloopError(f"no review queue at {path}; fix: run 'cleanloop flag' first or pass --queue")
     with _writing(cfg, "push"):
         frame = pd.read_parquet(path)
-        rnd = round if round is not None else _latest_round(cfg) + 1
+        rnd = round if round is not None else wd.latest_version() + 1
         train_ds = load_workdir_data(cfg)["train"]
         emb = embed_queue(cfg, train_ds, frame)
         client = aio.connect(cfg, home)
-        skip = reviewed_ids(cfg)
+        skip = reviewed_ids(wd)
         bar = _bar(progress, len(frame) - len(skip & set(frame["id"])), "push", "rec")
         with aio.server_errors(cfg.argilla_url, "push"):
             pusher = wave_pusher(client, cfg, frame, emb, train_ds.features["label"].names, rnd, skip,
@@ -418,14 +411,15 @@ def pull(cfg: Config, *, home: str | Path | None = None, round: int | None = Non
     from cleanloop.identity import load_workdir_data
     from cleanloop.labeling import argilla_io as aio
     from cleanloop.labeling.journal import Journal
-    from cleanloop.loops.retrain import journal_path, pull_step, round_stats
+    from cleanloop.loops.review import pull_step, round_stats
 
     with _writing(cfg, "pull"):
-        rnd = round if round is not None else _latest_round(cfg) + 1
+        wd = Workdir.of(cfg)
+        rnd = round if round is not None else wd.latest_version() + 1
         original = load_workdir_data(cfg)
         client = aio.connect(cfg, home)
         bar = _bar(progress, None, "pull", "rec")
-        with Journal(journal_path(cfg)) as journal:
+        with Journal(wd.journal) as journal:
             try:
                 with aio.server_errors(cfg.argilla_url, "pull"):
                     res = pull_step(client, cfg, journal, original["train"], rnd,
@@ -449,14 +443,15 @@ def apply(cfg: Config, *, round: int | None = None) -> ApplyResult:
     original data with every decision of the journal applied (corrected labels, removed examples)."""
     from cleanloop.identity import load_workdir_data
     from cleanloop.labeling.journal import Journal
-    from cleanloop.loops.retrain import journal_path, round_stats, versions_root
+    from cleanloop.loops.review import round_stats
     from cleanloop.loops.versions import write_version
 
     with _writing(cfg, "apply"):
-        rnd = round if round is not None else _latest_round(cfg) + 1
+        wd = Workdir.of(cfg)
+        rnd = round if round is not None else wd.latest_version() + 1
         original = load_workdir_data(cfg)
-        with Journal(journal_path(cfg)) as journal:
-            path = write_version(original, journal, versions_root(cfg), rnd)
+        with Journal(wd.journal) as journal:
+            path = write_version(original, journal, wd.versions, rnd)
             return ApplyResult(rnd, path, round_stats(journal, rnd))
 
 
@@ -483,8 +478,7 @@ def export(cfg: Config, *, to: str | Path | None = None, hub: str | None = None,
     from cleanloop.labeling.journal import Journal
     from cleanloop.loops import export as ex
     from cleanloop.loops.online import labelled_only, session_summary
-    from cleanloop.loops.retrain import journal_path, loop_root, versions_root
-    from cleanloop.loops.versions import load_version, version_dir
+    from cleanloop.loops.versions import load_version
     from cleanloop.model.train import model_dir
 
     if not (to or hub or model_to or model_hub):
@@ -493,13 +487,14 @@ def export(cfg: Config, *, to: str | Path | None = None, hub: str | None = None,
         if folder:
             ex.check_export_folder(folder, overwrite)  # both checked before anything is written
     with _writing(cfg, "export"):
-        path = Path(version) if version else version_dir(versions_root(cfg), _latest_round(cfg))
+        wd = Workdir.of(cfg)
+        path = Path(version) if version else wd.version(wd.latest_version())
         data, meta = load_version(path)
-        summary = Journal(journal_path(cfg)).summary() if journal_path(cfg).exists() else {}
+        summary = Journal(wd.journal).summary() if wd.journal.exists() else {}
         info = ex.CleaningInfo(rounds=meta["round"], model=f"{cfg.method} on {cfg.base_model}",
                                reviewed=sum(summary.get(k, 0) for k in ("corrected", "confirmed", "removed")),
                                agreement=summary.get("agreement"))
-        active_session = session_summary(cfg)
+        active_session = session_summary(wd)
         if active_session:  # WORKDIR/active of `cleanloop active`: the labelled examples, and how they were chosen
             data = labelled_only(data)
             info = ex.CleaningInfo(rounds=meta["round"], method="cleanloop active learning: labelled in Argilla from "
@@ -511,7 +506,7 @@ def export(cfg: Config, *, to: str | Path | None = None, hub: str | None = None,
         if hub:
             result.dataset_hub = ex.push_dataset_to_hub(data, hub, info, private=private, keep_removed=keep_removed)
         if model_to or model_hub:
-            final = model_dir(cfg.replace(workdir=str(loop_root(cfg) / "final")))
+            final = wd.round("final").model(cfg.method)
             folder = final if final.exists() else model_dir(cfg)
             if model_to:
                 result.model = ex.export_model(folder, model_to, info, overwrite=overwrite)
@@ -536,15 +531,16 @@ def retrain_loop(cfg: Config, options=None, *, home: str | Path | None = None,
                  display: Callable[[int, int], None] | None = None,
                  on_step: Callable[[int, str, dict], None] | None = None) -> LoopResult:
     """Train -> flag -> push -> wait for reviews -> pull -> apply, per round; then retrain and evaluate
-    (``cleanloop retrain-loop``). options: :class:`cleanloop.config.LoopOptions` (default ``cfg.loop``). Resumable: called again after a crash or Ctrl-C it goes on where it stopped.
+    (``cleanloop retrain-loop``). options: :class:`cleanloop.config.LoopOptions` (default ``cfg.loop``).
+    Resumable: called again after a crash or Ctrl-C it goes on where it stopped.
     on_step(round, step, result): after each step is checkpointed."""
     from cleanloop.labeling.argilla_io import server_errors
-    from cleanloop.loops.retrain import loop_root, run_loop
+    from cleanloop.loops.retrain import run_loop
 
     with _writing(cfg, "retrain_loop"), server_errors(cfg.argilla_url, "retrain-loop"):
         state = run_loop(cfg, options or cfg.loop, home=home, display=display, on_step=on_step)
-    root = loop_root(cfg)
-    return LoopResult(state, root / "history.json", root / "report.md")
+    wd = Workdir.of(cfg)
+    return LoopResult(state, wd.history, wd.report)
 
 
 @dataclass
@@ -575,15 +571,14 @@ def active(cfg: Config, options=None, *, home: str | Path | None = None,
     """
     from cleanloop.labeling.argilla_io import server_errors
     from cleanloop.loops import online
-    from cleanloop.loops.active import active_config, run_active
-    from cleanloop.loops.retrain import loop_root
+    from cleanloop.loops.active import run_active
 
-    acfg = active_config(cfg)
+    awd = Workdir.of(cfg).active()
     opts = options or cfg.active
     if opts.full_retrain:
         with _writing(cfg, "active"), server_errors(cfg.argilla_url, "active"):  # resumable: again goes on
             state = run_active(cfg, opts, home=home, display=display, on_step=on_step)
-        return ActiveResult(state=state, workdir=acfg.workpath, history=loop_root(acfg) / "history.json")
+        return ActiveResult(state=state, workdir=awd.root, history=awd.history)
     with _writing(cfg, "active"):
         data = online.load_pool(cfg, opts.pool)
         if on_pool is not None:
@@ -594,8 +589,8 @@ def active(cfg: Config, options=None, *, home: str | Path | None = None,
             batches = online.run_session(cfg, opts, pool=data, embeddings=emb, anchors=anchors, home=home,
                                          on_batch=on_batch, on_answers=on_answers)
         except KeyboardInterrupt:
-            return ActiveResult(workdir=acfg.workpath, stopped=True)
-    return ActiveResult(batches=batches, workdir=acfg.workpath)
+            return ActiveResult(workdir=awd.root, stopped=True)
+    return ActiveResult(batches=batches, workdir=awd.root)
 
 
 # --- predict --------------------------------------------------------------------------------------------

@@ -414,6 +414,11 @@ class ActiveOptions(ReviewWait):
     final_train: bool = field(
         default=True, metadata={"help": "With --full-retrain: train and evaluate once more on the last round's labels."}
     )
+    webhooks: bool = field(
+        default=False,
+        metadata={"help": "With --full-retrain: also be woken by Argilla webhooks (listener on 127.0.0.1; for a "
+                          "server on this machine)."},
+    )
 
     def check(self) -> None:
         from cleanloop.loops.strategies import STRATEGIES
@@ -517,10 +522,6 @@ class Config:
             setattr(getattr(self, _FLAT[name]), name, value)
         else:
             object.__setattr__(self, name, value)
-
-    @property
-    def workpath(self) -> Path:
-        return Path(self.workdir)
 
     def replace(self, **changes: Any) -> "Config":
         """A copy with ``changes`` (flat keys, ``workdir``/``seed`` or whole groups), checked again."""

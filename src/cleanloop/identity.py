@@ -5,8 +5,9 @@ Push stores the fingerprint on the Argilla record; pull refuses an answer whose 
 the local example's, so a correction never lands on another text (a row inserted into the CSV
 between push and pull, two workdirs sharing one Argilla dataset, a Hub copy that differs).
 
-A workdir records what its data was (``WORKDIR/source.json``: per split, each id's fingerprint
-and label, hashed); loading other data into it is an error that says what changed.
+A workdir records what its data was (:attr:`Workdir.source <cleanloop.workdir.Workdir.source>`:
+per split, each id's fingerprint and label, hashed); loading other data into it is an error that
+says what changed.
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 
-from cleanloop.atomic import write_json
 from cleanloop.config import Config
 from cleanloop.errors import CleanloopError
+from cleanloop.workdir import Workdir
 
-__all__ = ["SOURCE_FILE", "check_source", "example_fingerprint", "fingerprints", "load_workdir_data"]
-
-SOURCE_FILE = "source.json"
+__all__ = ["check_source", "example_fingerprint", "fingerprints", "load_workdir_data"]
 
 
 def example_fingerprint(split: str, text: str) -> str:
@@ -70,16 +69,18 @@ def _changes(old: dict, new: dict) -> list[str]:
     return out
 
 
-def check_source(cfg: Config, dd) -> None:
-    """Record the data's fingerprint in a new workdir; in a used one, raise if the data changed.
+def check_source(cfg: Config, dd, workdir: Workdir | None = None) -> None:
+    """Record the data's fingerprint in a new workdir (default ``Workdir.of(cfg)``); in a used one,
+    raise if the data changed.
 
     With positional ids (no ``id_column``) any change is an error: ids no longer name the same
     texts. With an ``id_column`` only an id whose text changed is.
     """
-    path = cfg.workpath / SOURCE_FILE
+    wd = workdir or Workdir.of(cfg)
+    path = wd.source
     new = _describe(dd)
     if not path.exists():
-        write_json(path, {"dataset": cfg.dataset, "id_column": cfg.id_column, "splits": new}, indent=None)
+        wd.write_json(path, {"dataset": cfg.dataset, "id_column": cfg.id_column, "splits": new}, indent=None)
         return
     try:
         old = json.loads(path.read_text())["splits"]
@@ -89,19 +90,20 @@ def check_source(cfg: Config, dd) -> None:
         return
     changes = _changes(old, new)
     if cfg.id_column and not any("another text" in c for c in changes):
-        write_json(path, {"dataset": cfg.dataset, "id_column": cfg.id_column, "splits": new}, indent=None)
+        wd.write_json(path, {"dataset": cfg.dataset, "id_column": cfg.id_column, "splits": new}, indent=None)
         return
     raise CleanloopError(
-        f"the data {cfg.dataset} is not the data workdir {cfg.workpath} was made on ({'; '.join(changes[:3])}); "
+        f"the data {cfg.dataset} is not the data workdir {wd.root} was made on ({'; '.join(changes[:3])}); "
         "its journal and reviews name examples by id, so they would land on other texts; fix: use a new --workdir "
         "for the changed data, or give the rows stable ids with --id-column (then only a changed text is refused)"
     )
 
 
-def load_workdir_data(cfg: Config):
-    """:func:`~cleanloop.model.data.load_data`, checked against the workdir's source (see :func:`check_source`)."""
+def load_workdir_data(cfg: Config, workdir: Workdir | None = None):
+    """:func:`~cleanloop.model.data.load_data`, checked against the source of ``workdir`` (default
+    ``Workdir.of(cfg)``; see :func:`check_source`)."""
     from cleanloop.model.data import load_data
 
     dd = load_data(cfg)
-    check_source(cfg, dd)
+    check_source(cfg, dd, workdir)
     return dd

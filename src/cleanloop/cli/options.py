@@ -94,7 +94,7 @@ def config_options(*groups: str, fields: tuple[str, ...] = ()):
 
 
 def writes_workdir(func):
-    """Hold the workdir's write lock (:func:`cleanloop.lock.workdir_lock`) while the command runs.
+    """Hold the workdir's write lock (:meth:`cleanloop.workdir.Workdir.lock`) while the command runs.
 
     Put it right above the function, below the option decorators: it needs the built ``cfg``.
     Under ``accelerate launch`` only the main process (rank 0, the one that saves) takes it.
@@ -102,11 +102,11 @@ def writes_workdir(func):
 
     @functools.wraps(func)
     def wrapper(cfg: Config, **kwargs):
-        from cleanloop.lock import workdir_lock
+        from cleanloop.workdir import Workdir
 
         if int(os.environ.get("RANK", "0")) > 0:
             return func(cfg=cfg, **kwargs)
-        with workdir_lock(cfg.workpath, click.get_current_context().command_path):
+        with Workdir.of(cfg).lock(click.get_current_context().command_path):
             return func(cfg=cfg, **kwargs)
 
     return wrapper
