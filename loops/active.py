@@ -37,6 +37,7 @@ import numpy as np
 from cleanloop.atomic import save_npy, write_json
 from cleanloop.config import Config
 from cleanloop.errors import CleanloopError
+from cleanloop.labeling.records import queue_frame, unlabelled_items
 from cleanloop.loops.strategies import STRATEGIES, Pool, make_strategy
 
 log = logging.getLogger("cleanloop.active")
@@ -380,16 +381,12 @@ def run_active(cfg: Config, opts: ActiveOptions, *, client=None, home: str | Pat
             elif step == "query":
                 probs = np.load(folder / "probs.npy")
                 labelled = np.asarray(version["train"]["label"]) >= 0
-                emb = extract_features(acfg, pool) if strategy.name == "diversity" else None
+                emb = extract_features(acfg, pool) if strategy.needs_embeddings else None
                 ann = annotation_matrix(pool_ids, seed_labels, journal.votes(), names) if strategy.relabels else None
                 idx = strategy.query(Pool(probs, labelled, emb, ann), opts.batch_size,
                                      np.random.default_rng([cfg.seed, rnd]))
-                top = probs[idx].argmax(1)
-                queue = pd.DataFrame({
-                    "id": [pool_ids[i] for i in idx], "text": [pool_texts[i] for i in idx],
-                    "given_label": [None] * len(idx), "suggested_label": [names[t] for t in top],
-                    "suggested_score": probs[idx, top].astype(float), "label_quality": np.nan, "loss": np.nan,
-                    "relabel": labelled[idx]})
+                queue = queue_frame(unlabelled_items([pool_ids[i] for i in idx], [pool_texts[i] for i in idx],
+                                                     probs[idx], names), pd.DataFrame({"relabel": labelled[idx]}))
                 write_parquet_atomic(queue, folder / "batch.parquet")
                 res.update(queried=len(queue), relabel=int(labelled[idx].sum()))
             elif step == "push":

@@ -37,6 +37,7 @@ import numpy as np
 
 from cleanloop.config import Config
 from cleanloop.errors import CleanloopError
+from cleanloop.labeling.records import queue_frame, unlabelled_items
 from cleanloop.loops.strategies import STRATEGIES, Coverage, Pool, make_strategy
 
 log = logging.getLogger("cleanloop.active")
@@ -324,13 +325,7 @@ def run_session(cfg: Config, opts: SessionOptions, *, pool: PoolData, embeddings
         if len(idx) == 0:
             return None
         number = len(done_before) + len(batches) + 1
-        top = probs[idx].argmax(1)
-        import pandas as pd
-
-        queue = pd.DataFrame({"id": [pool.ids[i] for i in idx], "text": [pool.texts[i] for i in idx],
-                              "given_label": [None] * len(idx), "suggested_label": [names[t] for t in top],
-                              "suggested_score": probs[idx, top].astype(float), "label_quality": np.nan,
-                              "loss": np.nan})
+        queue = queue_frame(unlabelled_items([pool.ids[i] for i in idx], [pool.texts[i] for i in idx], probs[idx], names))
         pick = clock() - t0
         push_step(connected(), acfg, queue, None, names, number, set(), flagged_by=(used,), guidelines=LABEL_GUIDELINES)
         pending[idx] = True

@@ -127,3 +127,52 @@ def test_more_folds_than_the_smallest_class_is_a_clear_error():
 def test_unknown_filter_by_is_rejected():
     with pytest.raises(CleanloopError, match="unknown filter_by"):
         signals.find_issues(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]), filter_by="magic")
+
+
+def test_every_registered_signal_is_a_named_column_and_checks_run_once(data):
+    _, _, noisy, flipped, probs = data
+    ev = signals.Evidence.check(noisy, probs)
+    table = signals.compute(ev)
+    assert list(table.columns) == [s.name for s in signals.SIGNALS.values() if all(ev.has(n) for n in s.needs)]
+    for s in signals.SIGNALS.values():
+        if s.name in table and s.name != "is_issue":  # each points its own way at the flipped labels
+            col = table[s.name].to_numpy()
+            worse = col if s.higher_is_worse else -col
+            assert worse[flipped].mean() > np.median(worse), s.name
+        if s.quality:
+            assert table[s.name].between(0, 1).all(), s.name
+    with pytest.raises(CleanloopError, match="unknown signal 'magic'; fix: use one of self_confidence"):
+        signals.compute(ev, ["magic"])
+
+
+def test_a_signal_that_needs_dynamics_says_what_is_missing(data):
+    _, _, noisy, _, probs = data
+    epochs = np.stack([probs, probs])
+    ev = signals.Evidence.check(noisy, probs, epoch_probs=epochs)
+    assert ev.has(signals.DYNAMICS) and not ev.has(signals.EMBEDDINGS)
+    needy = [s.name for s in signals.SIGNALS.values() if signals.DYNAMICS in s.needs]
+    for name in needy:
+        with pytest.raises(CleanloopError, match=f"signal '{name}' needs dynamics, which this evidence lacks"):
+            signals.compute(signals.Evidence.check(noisy, probs), [name])
+    with pytest.raises(CleanloopError, match=r"expected per-epoch probabilities of shape \(E, 180, 3\), got \(2, 5, 3\)"):
+        signals.Evidence.check(noisy, probs, epoch_probs=epochs[:, :5])
+
+
+def test_a_new_signal_is_one_registration(data):
+    _, _, noisy, flipped, probs = data
+
+    @signals.signal("test_top_gap", higher_is_worse=True)
+    def _gap(ev):
+        return ev.probs.max(1) - ev.probs[np.arange(len(ev.labels)), ev.labels]
+
+    try:
+        table = signal_table(noisy, probs)
+        ids = [f"ex-{i}" for i in range(len(noisy))]
+        scores = scores_table(ids, ids, noisy, probs, ["a", "b", "c"], table)
+        assert "test_top_gap" in table and "test_top_gap" in scores
+        top = scores.sort_values("test_top_gap", ascending=False).head(len(flipped))["id"]
+        assert set(top) == {f"ex-{i}" for i in flipped}
+    finally:
+        del signals.SIGNALS["test_top_gap"]
+    with pytest.raises(CleanloopError, match=r"suspicion weights name signals that were not computed: \['loss_x'\]"):
+        signal_table(noisy, probs, weights={"loss_x": 1.0})
