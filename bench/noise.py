@@ -276,9 +276,12 @@ def run_small(base: Config, settings: list[str], seeds: list[int], args) -> None
     dd = load_data(sub)
     names = dd["train"].features["label"].names
     clean = np.asarray(dd["train"]["label"])
-    full = load_data(base)["train"]  # the subset's rows of the full split's (cached) features
-    row = {i: n for n, i in enumerate(full["id"])}
-    feats = extract_features(base, full)[[row[i] for i in dd["train"]["id"]]]
+    if args.small_size >= 3000:  # the subset's rows of the full split's (cached) features
+        full = load_data(base)["train"]
+        row = {i: n for n, i in enumerate(full["id"])}
+        feats = extract_features(base, full)[[row[i] for i in dd["train"]["id"]]]
+    else:  # a quick check: embed the subset alone
+        feats = extract_features(base, dd["train"])
     frozen = nb.nearest_neighbours(feats, 10)
     confusion, confusion_source = None, None
     if seeds and any("model-confusion" in s for s in settings):

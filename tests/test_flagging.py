@@ -5,6 +5,7 @@ import pytest
 from cleanlab.filter import find_label_issues
 
 from cleanloop.errors import CleanloopError
+from cleanloop.labeling.records import queue_frame, queue_items
 from cleanloop.loops import flag, signals
 from cleanloop.loops.flag import confident_examples, review_queue, scores_table, signal_table
 from cleanloop.loops.oof import oof_logreg
@@ -59,6 +60,10 @@ def test_review_queue_caps_orders_and_skips_reviewed(data):
     queue = review_queue(scores, max_review=4, reviewed_ids=[first])
     assert len(queue) == 4 and first not in set(queue["id"])
     assert queue["rank"].is_monotonic_increasing and queue["is_issue"].all()
+    items = queue_items(queue)  # the parquet columns are the ReviewItem's, read back the same
+    assert [i.id for i in items] == queue["id"].tolist() and [i.queue_rank for i in items] == [1, 2, 3, 4]
+    assert all(i.flagged_by == ("cleanlab",) and i.given_label in "abc" for i in items)
+    assert queue_items(queue_frame(items)) == items
     conf = confident_examples(scores, per_class=2)
     assert len(conf) == 6 and set(conf["id"]).isdisjoint({f"ex-{i}" for i in flipped})
 
