@@ -67,15 +67,15 @@ class PoolData:
 
 
 def load_pool(cfg: Config, source: str | None = None) -> PoolData:
-    """The unlabelled pool ``source`` (default ``cfg.dataset``; its train split): a parquet/csv/jsonl
-    file, a folder or a Hub id with a text column, optional ids (``id_column``) and optional labels
+    """The unlabelled pool ``source`` (default ``cfg.dataset``; its train split): a data file
+    (:mod:`cleanloop.model.readers`), a folder or a Hub id with a text column, optional ids (``id_column``) and optional labels
     (``label_column``; empty cells = unlabelled, the rest are seed labels).
 
     The label names come from ``cfg.label_names``, else from the labels the pool has. Raises a
     one-line CleanloopError for a missing text column, an empty text, an unknown label or no label names.
     """
-    from cleanloop.model.data import (RawSplit, _is_missing, _label_index, read_source, resolve_label_names,
-                                      validate_split)
+    from cleanloop.model.data import RawSplit, _label_index, read_source, resolve_label_names, validate_split
+    from cleanloop.model.readers import is_missing
 
     src = source or cfg.dataset
     raw = read_source(cfg.replace(dataset=src))
@@ -98,7 +98,7 @@ def load_pool(cfg: Config, source: str | None = None) -> PoolData:
     if cfg.label_column in rs.frame.columns:
         index = {n: i for i, n in enumerate(names)}
         for row, v in enumerate(rs.frame[cfg.label_column].tolist()):
-            if _is_missing(v) or v == "":
+            if is_missing(v):
                 continue
             i = _label_index(v, names, index)
             if i is None:
