@@ -94,11 +94,23 @@ def ranking_metrics(score: np.ndarray, is_error: np.ndarray) -> dict:
     }
 
 
+@signals.signal("area_under_margin", needs=(signals.DYNAMICS,))
+def area_under_margin(ev: signals.Evidence) -> np.ndarray:
+    """Mean over epochs of (p given - max p other) (N,) in [-1, 1], lower = more likely mislabelled
+    (Pleiss et al. 2020). Measured here beside the product's signals, not part of them: it ranks as
+    normalized margin of the epoch-averaged probabilities does (bench/results/noise_aum.json)."""
+    p = ev.epoch_probs
+    idx = np.arange(p.shape[1])
+    other = p.copy()
+    other[:, idx, ev.labels] = -np.inf
+    return (p[:, idx, ev.labels] - other.max(2)).mean(0)
+
+
 def evaluate_path(noisy: np.ndarray, probs: np.ndarray, is_error: np.ndarray, seconds: float,
                   epoch_probs: np.ndarray | None = None, extra: dict | None = None) -> dict:
     """Every signal of one path, plus the flagged set's precision and recall."""
     t0 = time.perf_counter()
-    table = signal_table(noisy, probs)
+    table = signal_table(noisy, probs, epoch_probs=epoch_probs)
     seconds += time.perf_counter() - t0
     flagged = table["is_issue"].to_numpy()
     flag = {
@@ -113,7 +125,7 @@ def evaluate_path(noisy: np.ndarray, probs: np.ndarray, is_error: np.ndarray, se
     scores["loss"] = table["loss"].to_numpy()
     scores["suspicion"] = table["suspicion"].to_numpy()
     if epoch_probs is not None:
-        aum = signals.area_under_margin(noisy, epoch_probs)
+        aum = table["area_under_margin"].to_numpy()
         scores["area_under_margin"] = -aum
         # suspicion with area under the margin mixed in at weight 1 (its [-1, 1] rescaled to a quality in [0, 1])
         scores["suspicion_and_area_under_margin"] = 1 - (2 * (1 - table["suspicion"].to_numpy()) + (aum + 1) / 2) / 3

@@ -207,16 +207,6 @@ def dynamics_probs(epoch_probs: np.ndarray) -> np.ndarray:
     return mean / mean.sum(1, keepdims=True)
 
 
-def area_under_margin(labels: np.ndarray, epoch_probs: np.ndarray) -> np.ndarray:
-    """Mean over epochs of (p given - max p other) (N,) in [-1, 1], lower = more likely mislabelled."""
-    p = np.asarray(epoch_probs, dtype=np.float64)
-    idx = np.arange(p.shape[1])
-    given = p[:, idx, labels]
-    other = p.copy()
-    other[:, idx, labels] = -np.inf
-    return (given - other.max(2)).mean(0)
-
-
 def suspicion(qualities: dict[str, np.ndarray], weights: dict[str, float] | None = None) -> np.ndarray:
     """Combine label-quality scores into one suspicion score (N,) in [0, 1], higher = more suspicious.
 
@@ -363,7 +353,3 @@ def _is_issue(ev: Evidence, filter_by: str = "prune_by_noise_rate") -> np.ndarra
         raise CleanloopError(f"unknown filter_by {filter_by!r}; fix: use one of {', '.join(FILTER_BY)}")
     return _find_issues(ev.labels, ev.probs, filter_by)
 
-
-@signal("area_under_margin", needs=(DYNAMICS,))
-def _area_under_margin(ev: Evidence) -> np.ndarray:
-    return area_under_margin(ev.labels, ev.epoch_probs)

@@ -101,11 +101,9 @@ def test_suspicion_follows_the_noise_pattern():
     assert flag.suspicion_weights(0.0)["normalized_margin"] == 0.0
 
 
-def test_dynamics_average_and_area_under_margin():
+def test_dynamics_average():
     epochs = np.array([[[0.6, 0.4], [0.2, 0.8]], [[0.8, 0.2], [0.4, 0.6]]])  # (E=2, N=2, C=2)
     np.testing.assert_allclose(signals.dynamics_probs(epochs), [[0.7, 0.3], [0.3, 0.7]])
-    aum = signals.area_under_margin(np.array([0, 0]), epochs)
-    np.testing.assert_allclose(aum, [0.4, -0.4])
 
 
 def test_label_never_seen_is_a_clear_error():
@@ -150,15 +148,23 @@ def test_every_registered_signal_is_a_named_column_and_checks_run_once(data):
         signals.compute(ev, ["magic"])
 
 
-def test_a_signal_that_needs_dynamics_says_what_is_missing(data):
-    _, _, noisy, _, probs = data
-    epochs = np.stack([probs, probs])
-    ev = signals.Evidence.check(noisy, probs, epoch_probs=epochs)
-    assert ev.has(signals.DYNAMICS) and not ev.has(signals.EMBEDDINGS)
-    needy = [s.name for s in signals.SIGNALS.values() if signals.DYNAMICS in s.needs]
-    for name in needy:
-        with pytest.raises(CleanloopError, match=f"signal '{name}' needs dynamics, which this evidence lacks"):
-            signals.compute(signals.Evidence.check(noisy, probs), [name])
+def test_a_signal_that_needs_dynamics_runs_only_with_them(data):
+    _, _, noisy, flipped, probs = data
+    epochs = np.stack([probs * 0.5 + 0.5 / 3, probs])  # an early, flatter epoch and the last one
+
+    @signals.signal("test_first_epoch_confidence", needs=(signals.DYNAMICS,))
+    def _first(ev):
+        return ev.epoch_probs[0][np.arange(len(ev.labels)), ev.labels]
+
+    try:
+        table = signal_table(noisy, signals.dynamics_probs(epochs), epoch_probs=epochs)
+        assert table["test_first_epoch_confidence"].to_numpy()[flipped].max() < 0.5
+        assert "test_first_epoch_confidence" not in signal_table(noisy, probs)  # no dynamics: left out
+        with pytest.raises(CleanloopError, match="signal 'test_first_epoch_confidence' needs dynamics, which this "
+                                                 "evidence lacks; fix: pass them"):
+            signals.compute(signals.Evidence.check(noisy, probs), ["test_first_epoch_confidence"])
+    finally:
+        del signals.SIGNALS["test_first_epoch_confidence"]
     with pytest.raises(CleanloopError, match=r"expected per-epoch probabilities of shape \(E, 180, 3\), got \(2, 5, 3\)"):
         signals.Evidence.check(noisy, probs, epoch_probs=epochs[:, :5])
 
