@@ -192,12 +192,12 @@ def review_queue(scores: pd.DataFrame, max_review: int, reviewed_ids: Iterable[s
         queue = queue.drop(index=drop)
     queue = queue.sort_values(["priority", "rank"], ascending=[False, True])
     queue = queue.head(max_review) if max_review > 0 else queue
-    none = pd.DataFrame(columns=["id", "given_label", "text"])
+    no_copies = pd.DataFrame(columns=["id", "given_label", "text"])
     items = [
         ReviewItem(row.id, row.text, row.given_label, row.suggested_label, float(row.suggested_score),
                    float(row.label_quality), float(row.loss),
                    tuple(r for r in str(getattr(row, "flagged_by", "cleanlab")).split(",") if r),
-                   *(tuple(copies.get(index, none)[c]) for c in ("id", "given_label", "text")), n + 1)
+                   *(tuple(copies.get(index, no_copies)[c]) for c in ("id", "given_label", "text")), n + 1)
         for n, (index, row) in enumerate(zip(queue.index, queue.itertuples(index=False)))
     ]
     return queue_frame(items, queue)
