@@ -25,7 +25,7 @@ seeds averaged, next to neighbour-label signals on frozen and fine-tuned embeddi
 
 ``--duplicates``: the conflicting duplicated texts of the full train split, and how many the checks flag.
 
-Writes bench/results/noise.json and prints a summary table.
+Writes bench/results/noise.json (``--results NAME``: NAME.json) and prints a summary table.
 """
 
 from __future__ import annotations
@@ -94,11 +94,23 @@ def ranking_metrics(score: np.ndarray, is_error: np.ndarray) -> dict:
     }
 
 
+@signals.signal("area_under_margin", needs=(signals.DYNAMICS,))
+def area_under_margin(ev: signals.Evidence) -> np.ndarray:
+    """Mean over epochs of (p given - max p other) (N,) in [-1, 1], lower = more likely mislabelled
+    (Pleiss et al. 2020). Measured here beside the product's signals, not part of them: it ranks as
+    normalized margin of the epoch-averaged probabilities does (bench/results/noise_aum.json)."""
+    p = ev.epoch_probs
+    idx = np.arange(p.shape[1])
+    other = p.copy()
+    other[:, idx, ev.labels] = -np.inf
+    return (p[:, idx, ev.labels] - other.max(2)).mean(0)
+
+
 def evaluate_path(noisy: np.ndarray, probs: np.ndarray, is_error: np.ndarray, seconds: float,
                   epoch_probs: np.ndarray | None = None, extra: dict | None = None) -> dict:
     """Every signal of one path, plus the flagged set's precision and recall."""
     t0 = time.perf_counter()
-    table = signal_table(noisy, probs)
+    table = signal_table(noisy, probs, epoch_probs=epoch_probs)
     seconds += time.perf_counter() - t0
     flagged = table["is_issue"].to_numpy()
     flag = {
@@ -113,7 +125,10 @@ def evaluate_path(noisy: np.ndarray, probs: np.ndarray, is_error: np.ndarray, se
     scores["loss"] = table["loss"].to_numpy()
     scores["suspicion"] = table["suspicion"].to_numpy()
     if epoch_probs is not None:
-        scores["area_under_margin"] = -signals.area_under_margin(noisy, epoch_probs)
+        aum = table["area_under_margin"].to_numpy()
+        scores["area_under_margin"] = -aum
+        # suspicion with area under the margin mixed in at weight 1 (its [-1, 1] rescaled to a quality in [0, 1])
+        scores["suspicion_and_area_under_margin"] = 1 - (2 * (1 - table["suspicion"].to_numpy()) + (aum + 1) / 2) / 3
         scores["last_epoch_self_confidence"] = 1 - epoch_probs[-1][np.arange(len(noisy)), noisy]
     for name, s in (extra or {}).items():
         scores[name] = s
@@ -137,6 +152,7 @@ def main() -> None:
     ap.add_argument("--small-size", type=int, default=3000, help="small settings: stratified train subset size")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                     help="cpu hides the GPU; auto uses one when there is one")
+    ap.add_argument("--results", default="noise", help="name of the results file: bench/results/NAME.json")
     ap.add_argument("--duplicates", action="store_true",
                     help="count the conflicting duplicated texts of the full train split the checks flag")
     args = ap.parse_args()
@@ -152,7 +168,7 @@ def main() -> None:
 
     base = Config(workdir=args.workdir, epochs=args.epochs, learning_rate=args.learning_rate)
     if args.duplicates:
-        update_results("noise", {"duplicates": duplicate_conflicts(base)})
+        update_results(args.results, {"duplicates": duplicate_conflicts(base)})
     small = [s for s in args.settings.split(",") if s.startswith("small-")]
     if small:
         run_small(base, small, [int(x) for x in args.seeds.split(",") if x and x != "none"], args)
@@ -221,7 +237,7 @@ def main() -> None:
                                  _with_labels(dd["train"], noisy), args.folds)
             res["finetune"] = evaluate_path(noisy, probs, is_error, time.perf_counter() - t0)
         results[setting] = res
-        update_results("noise", {"settings": {setting: res}, "injected": {setting: int(is_error.sum())},
+        update_results(args.results, {"settings": {setting: res}, "injected": {setting: int(is_error.sum())},
                                  "features_embed_seconds": round(embed_seconds, 1)})
         for method, sig in ((m, v) for m, v in res.items() if "suspicion" in v):
             s = sig["suspicion"]
@@ -272,9 +288,12 @@ def run_small(base: Config, settings: list[str], seeds: list[int], args) -> None
     dd = load_data(sub)
     names = dd["train"].features["label"].names
     clean = np.asarray(dd["train"]["label"])
-    full = load_data(base)["train"]  # the subset's rows of the full split's (cached) features
-    row = {i: n for n, i in enumerate(full["id"])}
-    feats = extract_features(base, full)[[row[i] for i in dd["train"]["id"]]]
+    if args.small_size >= 3000:  # the subset's rows of the full split's (cached) features
+        full = load_data(base)["train"]
+        row = {i: n for n, i in enumerate(full["id"])}
+        feats = extract_features(base, full)[[row[i] for i in dd["train"]["id"]]]
+    else:  # a quick check: embed the subset alone
+        feats = extract_features(base, dd["train"])
     frozen = nb.nearest_neighbours(feats, 10)
     confusion, confusion_source = None, None
     if seeds and any("model-confusion" in s for s in settings):
@@ -310,7 +329,7 @@ def run_small(base: Config, settings: list[str], seeds: list[int], args) -> None
               f"{f['suspicion']['flag_precision']:.3f}, recall {f['suspicion']['flag_recall']:.3f}); neighbours "
               f"{f['neighbours_frozen']['ap']:.3f}; mixed {f['suspicion_and_neighbours_frozen']['ap']:.3f}")
         if not seeds:
-            update_results("noise", {"settings": {setting: res}, "injected": {setting: int(is_error.sum())}})
+            update_results(args.results, {"settings": {setting: res}, "injected": {setting: int(is_error.sum())}})
             continue
         runs, epoch_probs = [], []
         for seed in seeds:
@@ -336,14 +355,14 @@ def run_small(base: Config, settings: list[str], seeds: list[int], args) -> None
             extra |= {f"suspicion_and_neighbours_{n}": (2 * susp + 1 - a) / 3 for n, a in agree.items()}
             cost = sum(r["train_seconds"] for r in runs[:k]) / plain
             res[f"dynamics_{k}_seeds"] = evaluate_path(noisy, probs, is_error, sum(r["dynamics_seconds"] for r in runs[:k]),
-                                                       extra=extra)
+                                                       np.concatenate(epoch_probs[:k]), extra=extra)
             res[f"dynamics_{k}_seeds"]["cost_vs_one_plain_training"] = round(cost, 3)
             s = res[f"dynamics_{k}_seeds"]["suspicion"]
             print(f"{setting:<28} {k} seed(s): suspicion AP {s['ap']:.3f}, flagged precision {s['flag_precision']:.3f} "
                   f"recall {s['flag_recall']:.3f}; neighbours (fine-tuned) AP "
                   f"{res[f'dynamics_{k}_seeds']['neighbours_finetuned']['ap']:.3f}; mixed "
                   f"{res[f'dynamics_{k}_seeds']['suspicion_and_neighbours_finetuned']['ap']:.3f}; cost {cost:.2f}x")
-        update_results("noise", {"settings": {setting: res}, "injected": {setting: int(is_error.sum())}})
+        update_results(args.results, {"settings": {setting: res}, "injected": {setting: int(is_error.sum())}})
 
 
 def _with_labels(ds, labels: np.ndarray):

@@ -1,8 +1,9 @@
 """The one module that talks to the Argilla SDK: cleanloop's review records in, annotators' answers out.
 
-cleanloop's side is plain dataclasses: :class:`ReviewRecord` (what an annotator sees: the text,
-the given label, the model's :class:`Suggestion`, signals as metadata, an embedding) and
-:class:`Response` (one annotator's answer). :func:`to_argilla_record` / :func:`responses_from_record`
+cleanloop's side is plain dataclasses: :class:`ReviewRecord` (what an annotator sees: a review
+queue's :class:`~cleanloop.labeling.records.ReviewItem` with the model's :class:`Suggestion`,
+signals as metadata, an embedding) and :class:`Response` (one annotator's answer, the journal's
+vote); :mod:`cleanloop.labeling.records` defines them. :func:`to_argilla_record` / :func:`responses_from_record`
 convert them to and from Argilla records; :func:`dataset_settings` is the review dataset's layout.
 The mapping is pure (unit-tested without a server); :func:`connect`, :func:`ensure_dataset`,
 :func:`push` and :func:`pull` do the I/O.
@@ -33,6 +34,7 @@ import numpy as np
 from cleanloop.config import Config
 from cleanloop.errors import CleanloopError
 from cleanloop.identity import example_fingerprint
+from cleanloop.labeling.records import Response, ReviewItem, Suggestion, queue_items
 
 __all__ = [
     "GUIDELINES",
@@ -78,15 +80,6 @@ with its confidence. Records come most doubtful first.
 
 
 @dataclass(frozen=True)
-class Suggestion:
-    """The model's label for a record, its probability and who made it (model name and version)."""
-
-    label: str
-    score: float
-    agent: str
-
-
-@dataclass(frozen=True)
 class ReviewRecord:
     """One example to review, as cleanloop sees it."""
 
@@ -103,20 +96,19 @@ class ReviewRecord:
     copies: tuple[tuple[str, str, str], ...] = ()  # other copies of the text: (id, given label, text)
     queue_rank: int | None = None  # 1 = reviewed first
 
-
-@dataclass(frozen=True)
-class Response:
-    """One annotator's answer: ``label`` None when the record was discarded (no label fits)."""
-
-    example_id: str
-    annotator: str
-    label: str | None
-    status: str  # "submitted" or "discarded"
-    given_label: str | None = None
-    suggestion: Suggestion | None = None
-    round: int | None = None
-    fingerprint: str | None = None  # of the example the record was pushed for (None: pushed before fingerprints)
-    copies: tuple[str, ...] = ()  # ids of the other copies of the text: the answer settles them too
+    @classmethod
+    def from_item(cls, item: ReviewItem, round: int, agent: str, vector=None,
+                  flagged_by: Sequence[str] = ("cleanlab",)) -> "ReviewRecord":
+        """The record of a review-queue item; ``flagged_by`` when the item names no reason of its own."""
+        return cls(
+            id=item.id, text=item.text, given_label=item.given_label,
+            suggestion=Suggestion(item.suggested_label, item.suggested_score, agent),
+            label_quality=item.label_quality, loss=item.loss, round=int(round),
+            flagged_by=item.flagged_by or tuple(flagged_by),
+            vector=tuple(np.asarray(vector, dtype=float)) if vector is not None else None,
+            fingerprint=example_fingerprint("train", item.text),
+            copies=tuple(zip(item.copy_ids, item.copy_labels, item.copy_texts)), queue_rank=item.queue_rank,
+        )
 
 
 # --- the mapping (pure) ---------------------------------------------------------------------------
@@ -244,29 +236,15 @@ def responses_from_record(model, usernames: Mapping[str, str]) -> list[Response]
 
 def records_from_queue(queue, round: int, agent: str, embeddings: np.ndarray | None = None,
                        flagged_by: Sequence[str] = ("cleanlab",)) -> list[ReviewRecord]:
-    """:class:`ReviewRecord` s from a review-queue table (``cleanloop flag``'s columns).
+    """:class:`ReviewRecord` s from a review-queue table (:func:`~cleanloop.labeling.records.queue_items`).
 
-    embeddings: (N, D) rows in the queue's order, or None. A queue with a ``flagged_by`` column
-    (comma-separated reasons) names each row's own reasons, else ``flagged_by`` is used; its
-    ``copy_ids`` / ``copy_labels`` / ``copy_texts`` and ``queue_rank`` columns go on the record.
+    embeddings: (N, D) rows in the queue's order, or None. An item that names no reasons of its
+    own (``flagged_by``) gets ``flagged_by``.
     """
     if embeddings is not None and len(embeddings) != len(queue):
         raise CleanloopError(f"{len(embeddings)} embeddings for a queue of {len(queue)} rows")
-    out = []
-    for n, row in enumerate(queue.itertuples(index=False)):
-        reasons = tuple(r for r in str(row.flagged_by).split(",") if r) if hasattr(row, "flagged_by") else ()
-        copies = tuple(zip(map(str, row.copy_ids), map(str, row.copy_labels), map(str, row.copy_texts))) \
-            if hasattr(row, "copy_ids") else ()
-        out.append(ReviewRecord(
-            id=str(row.id), text=str(row.text), given_label=row.given_label if isinstance(row.given_label, str) else None,
-            suggestion=Suggestion(str(row.suggested_label), float(row.suggested_score), agent),
-            label_quality=float(row.label_quality), loss=float(row.loss), round=int(round),
-            flagged_by=reasons or tuple(flagged_by),
-            vector=tuple(np.asarray(embeddings[n], dtype=float)) if embeddings is not None else None,
-            fingerprint=example_fingerprint("train", str(row.text)),
-            copies=copies, queue_rank=int(row.queue_rank) if hasattr(row, "queue_rank") else None,
-        ))
-    return out
+    return [ReviewRecord.from_item(item, round, agent, embeddings[n] if embeddings is not None else None, flagged_by)
+            for n, item in enumerate(queue_items(queue))]
 
 
 def suggestion_probs(suggestion: Suggestion, label_names: Sequence[str]) -> np.ndarray:

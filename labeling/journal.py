@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from cleanloop.errors import CleanloopError
+from cleanloop.labeling.records import Response
 
 __all__ = ["ACTIONS", "Decision", "Journal", "PullResult", "Vote", "majority_vote", "reconcile"]
 
@@ -86,14 +87,7 @@ CREATE TRIGGER IF NOT EXISTS decisions_append_only_d BEFORE DELETE ON decisions
 """
 
 
-@dataclass(frozen=True)
-class Vote:
-    """One annotator's answer on one example: ``label`` is a label name, or None when discarded."""
-
-    example_id: str
-    annotator: str
-    label: str | None
-    status: str = "submitted"  # "submitted" or "discarded"; in the journal also "withdrawn" (the answer is gone)
+Vote = Response  # an annotator's answer as the journal keeps it (example, annotator, label, status)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ import numpy as np
 
 from cleanloop.config import ActiveOptions, Config
 from cleanloop.errors import CleanloopError
+from cleanloop.labeling.records import queue_frame, unlabelled_items
 from cleanloop.loops.rounds import ApplyStep, LoopState, PullStep, PushStep, Round, RoundLoop, Step, WaitStep
 from cleanloop.loops.strategies import Pool, QueryStrategy, make_strategy
 from cleanloop.workdir import Workdir
@@ -319,16 +320,12 @@ class QueryStep(Step):
         pool_ids, pool_texts = list(pool["id"]), list(pool["text"])
         probs = np.load(rnd.workdir.pool_probs)
         labelled = np.asarray(rnd.version["train"]["label"]) >= 0
-        emb = extract_features(self.cfg, pool, loop.workdir) if self.strategy.name == "diversity" else None
+        emb = extract_features(self.cfg, pool, loop.workdir) if self.strategy.needs_embeddings else None
         ann = annotation_matrix(pool_ids, self.seed_labels, loop.journal.votes(), names) if self.strategy.relabels else None
         idx = self.strategy.query(Pool(probs, labelled, emb, ann), self.opts.batch_size,
                                   np.random.default_rng([self.cfg.seed, rnd.number]))
-        top = probs[idx].argmax(1)
-        queue = pd.DataFrame({
-            "id": [pool_ids[i] for i in idx], "text": [pool_texts[i] for i in idx],
-            "given_label": [None] * len(idx), "suggested_label": [names[t] for t in top],
-            "suggested_score": probs[idx, top].astype(float), "label_quality": np.nan, "loss": np.nan,
-            "relabel": labelled[idx]})
+        queue = queue_frame(unlabelled_items([pool_ids[i] for i in idx], [pool_texts[i] for i in idx], probs[idx], names),
+                            pd.DataFrame({"relabel": labelled[idx]}))
         write_parquet_atomic(queue, rnd.workdir.batch)
         rnd.result.update(queried=len(queue), relabel=int(labelled[idx].sum()))
 

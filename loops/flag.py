@@ -7,11 +7,13 @@ column per signal; :func:`scores_table` adds ids, texts, names and rank;
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from cleanloop.errors import CleanloopError
+from cleanloop.labeling.records import ReviewItem, queue_frame
 from cleanloop.loops import neighbours as nb
 from cleanloop.loops import signals
 
@@ -38,27 +40,31 @@ def signal_table(
     pred_probs: np.ndarray,
     filter_by: str = "prune_by_noise_rate",
     weights: dict[str, float] | None = None,
+    *,
+    epoch_probs: np.ndarray | None = None,
+    names: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """Every signal for N examples, one column each.
+    """Every signal for N examples, one column each, and their ``suspicion``.
 
     labels: (N,) given labels. pred_probs: (N, C) probabilities from models that
     did not train on each example's label (out-of-fold), or averaged over the
-    epochs of one training run (training dynamics).
-    Columns: the three cleanlab label-quality scores and ``noise_aware`` (lower = worse), ``loss``
-    (higher = worse), ``is_issue`` (cleanlab's confident-learning mask with
+    epochs of one training run (training dynamics). epoch_probs: (E, N, C) those epochs, for
+    the signals that need training dynamics. names: the signals to compute (default: every
+    signal of :data:`signals.SIGNALS` the inputs allow, see :func:`signals.compute`), checked once.
+    Columns: the signals (the three cleanlab label-quality scores and ``noise_aware``, lower =
+    worse; ``loss``, higher = worse; ``is_issue``, cleanlab's confident-learning mask with
     ``filter_by``) and ``suspicion`` in [0, 1] (higher = worse; weights: ``weights``, default
     :func:`suspicion_weights` of the estimated noise structure). ``table.attrs["noise_structure"]``
     holds that structure.
     """
-    labels, probs = signals.check_inputs(labels, pred_probs)
-    table = pd.DataFrame({m: signals.label_quality(labels, probs, m) for m in signals.QUALITY_METHODS})
-    noise = signals.noise_matrix(labels, probs)
-    structure = signals.noise_structure(noise)
-    table["noise_aware"] = signals.noise_aware_quality(labels, probs, signals.shrink_to_uniform(noise, structure))
-    table["loss"] = signals.loss(labels, probs)
-    table["is_issue"] = signals.find_issues(labels, probs, filter_by)
-    table.attrs["noise_structure"] = structure
-    weights = weights or suspicion_weights(structure)
+    evidence = signals.Evidence.check(labels, pred_probs, epoch_probs=epoch_probs)
+    table = signals.compute(evidence, names, filter_by=filter_by)
+    table.attrs["noise_structure"] = evidence.structure
+    weights = weights or suspicion_weights(evidence.structure)
+    missing = [k for k in weights if k not in table]
+    if missing:
+        raise CleanloopError(f"suspicion weights name signals that were not computed: {missing}; "
+                             "fix: compute them (names=...) or drop their weights")
     table["suspicion"] = signals.suspicion({k: table[k].to_numpy() for k in weights}, weights)
     return table
 
@@ -126,7 +132,7 @@ def scores_table(
     """The ``scores.parquet`` table: one row per example, rank 1 = most suspicious.
 
     Columns: id, text, given_label, suggested_label, suggested_score,
-    label_quality (normalized margin), loss, is_issue, suspicion, rank, the other signals,
+    label_quality (normalized margin), loss, is_issue, suspicion, rank, the other signals of ``table``,
     ``flagged_by`` (why it goes to review, comma-separated :data:`REASONS`; empty: not flagged)
     and :func:`check_table`'s columns (``checks``; default: the exact-duplicate check on ``texts``).
     """
@@ -146,8 +152,9 @@ def scores_table(
         }
     )
     df["rank"] = df["suspicion"].rank(ascending=False, method="first").astype(np.int64)
-    for col in ("self_confidence", "confidence_weighted_entropy", "noise_aware"):
-        df[col] = table[col].to_numpy(np.float32)
+    for col in table.columns:  # every other signal, under its own name
+        if col not in df and col != "normalized_margin":
+            df[col] = table[col].to_numpy(np.float32 if table[col].dtype.kind == "f" else table[col].dtype)
     checks = check_table(list(texts), labels) if checks is None else checks.reset_index(drop=True)
     for col in checks.columns:
         df[col] = checks[col].to_numpy()
@@ -159,37 +166,41 @@ def scores_table(
 def review_queue(scores: pd.DataFrame, max_review: int, reviewed_ids: Iterable[str] = ()) -> pd.DataFrame:
     """Flagged examples not yet reviewed by a human, most suspicious first, at most ``max_review``.
 
-    Flagged: a non-empty ``flagged_by`` (``is_issue`` for a table without it). Copies with
-    conflicting labels (``duplicate`` / ``near_duplicate``) are reviewed together: one row per
-    group, its most suspicious member, with the other members in ``copy_ids`` / ``copy_labels`` /
-    ``copy_texts``; its place in the queue is the group's highest suspicion, at least
-    :data:`CONFLICT_PRIORITY`. ``priority`` holds that order; ``queue_rank`` is 1, 2, ...
+    A table of :class:`~cleanloop.labeling.records.ReviewItem` s (:func:`~cleanloop.labeling.records.queue_frame`)
+    followed by the rest of each row's ``scores`` columns. Flagged: a non-empty ``flagged_by``
+    (``is_issue`` for a table without it). Copies with conflicting labels (``duplicate`` /
+    ``near_duplicate``) are reviewed together: one row per group, its most suspicious member, with
+    the other members in ``copy_ids`` / ``copy_labels`` / ``copy_texts``; its place in the queue is
+    the group's highest suspicion, at least :data:`CONFLICT_PRIORITY`. ``priority`` holds that
+    order; ``queue_rank`` is 1, 2, ...
     """
     done = set(reviewed_ids)
     flagged = scores["flagged_by"] != "" if "flagged_by" in scores else scores["is_issue"]
     queue = scores[flagged & ~scores["id"].isin(done)].copy()
     queue["priority"] = queue["suspicion"].astype(np.float64)
-    queue["copy_ids"] = [[] for _ in range(len(queue))]
-    queue["copy_labels"] = [[] for _ in range(len(queue))]
-    queue["copy_texts"] = [[] for _ in range(len(queue))]
+    copies: dict[int, pd.DataFrame] = {}  # queue row -> the other members of its group
     if "duplicate_group" in scores:
         conflict = (queue["duplicate"] | queue["near_duplicate"]) & (queue["duplicate_group"] >= 0)
         members = scores[scores["duplicate_group"].isin(queue.loc[conflict, "duplicate_group"])]
         drop = []
         for group, rows in queue[conflict].sort_values("rank").groupby("duplicate_group", sort=False):
             head = rows.index[0]
-            others = members[(members["duplicate_group"] == group) & (members["id"] != queue.at[head, "id"])]
-            queue.at[head, "copy_ids"] = others["id"].tolist()
-            queue.at[head, "copy_labels"] = others["given_label"].tolist()
-            queue.at[head, "copy_texts"] = others["text"].tolist()
-            queue.at[head, "priority"] = max(CONFLICT_PRIORITY, float(members.loc[members["duplicate_group"] == group,
-                                                                                 "suspicion"].max()))
+            group_rows = members[members["duplicate_group"] == group]
+            copies[head] = group_rows[group_rows["id"] != queue.at[head, "id"]]
+            queue.at[head, "priority"] = max(CONFLICT_PRIORITY, float(group_rows["suspicion"].max()))
             drop += list(rows.index[1:])
         queue = queue.drop(index=drop)
-    queue = queue.sort_values(["priority", "rank"], ascending=[False, True]).reset_index(drop=True)
+    queue = queue.sort_values(["priority", "rank"], ascending=[False, True])
     queue = queue.head(max_review) if max_review > 0 else queue
-    queue["queue_rank"] = np.arange(1, len(queue) + 1)
-    return queue
+    no_copies = pd.DataFrame(columns=["id", "given_label", "text"])
+    items = [
+        ReviewItem(row.id, row.text, row.given_label, row.suggested_label, float(row.suggested_score),
+                   float(row.label_quality), float(row.loss),
+                   tuple(r for r in str(getattr(row, "flagged_by", "cleanlab")).split(",") if r),
+                   *(tuple(copies.get(index, no_copies)[c]) for c in ("id", "given_label", "text")), n + 1)
+        for n, (index, row) in enumerate(zip(queue.index, queue.itertuples(index=False)))
+    ]
+    return queue_frame(items, queue)
 
 
 def majority_baseline(confusion: np.ndarray, majority: int | None = None) -> dict[str, float]:

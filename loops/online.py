@@ -38,6 +38,7 @@ import numpy as np
 
 from cleanloop.config import ActiveOptions, Config
 from cleanloop.errors import CleanloopError
+from cleanloop.labeling.records import queue_frame, unlabelled_items
 from cleanloop.loops.strategies import Coverage, Pool, make_strategy
 from cleanloop.workdir import Workdir
 
@@ -68,15 +69,15 @@ class PoolData:
 
 
 def load_pool(cfg: Config, source: str | None = None) -> PoolData:
-    """The unlabelled pool ``source`` (default ``cfg.dataset``; its train split): a parquet/csv/jsonl
-    file, a folder or a Hub id with a text column, optional ids (``id_column``) and optional labels
+    """The unlabelled pool ``source`` (default ``cfg.dataset``; its train split): a data file
+    (:mod:`cleanloop.model.readers`), a folder or a Hub id with a text column, optional ids (``id_column``) and optional labels
     (``label_column``; empty cells = unlabelled, the rest are seed labels).
 
     The label names come from ``cfg.label_names``, else from the labels the pool has. Raises a
     one-line CleanloopError for a missing text column, an empty text, an unknown label or no label names.
     """
-    from cleanloop.model.data import (RawSplit, _is_missing, _label_index, read_source, resolve_label_names,
-                                      validate_split)
+    from cleanloop.model.data import RawSplit, _label_index, read_source, resolve_label_names, validate_split
+    from cleanloop.model.readers import is_missing
 
     src = source or cfg.dataset
     raw = read_source(cfg.replace(dataset=src))
@@ -99,7 +100,7 @@ def load_pool(cfg: Config, source: str | None = None) -> PoolData:
     if cfg.label_column in rs.frame.columns:
         index = {n: i for i, n in enumerate(names)}
         for row, v in enumerate(rs.frame[cfg.label_column].tolist()):
-            if _is_missing(v) or v == "":
+            if is_missing(v):
                 continue
             i = _label_index(v, names, index)
             if i is None:
@@ -299,13 +300,7 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
         if len(idx) == 0:
             return None
         number = len(done_before) + len(batches) + 1
-        top = probs[idx].argmax(1)
-        import pandas as pd
-
-        queue = pd.DataFrame({"id": [pool.ids[i] for i in idx], "text": [pool.texts[i] for i in idx],
-                              "given_label": [None] * len(idx), "suggested_label": [names[t] for t in top],
-                              "suggested_score": probs[idx, top].astype(float), "label_quality": np.nan,
-                              "loss": np.nan})
+        queue = queue_frame(unlabelled_items([pool.ids[i] for i in idx], [pool.texts[i] for i in idx], probs[idx], names))
         pick = clock() - t0
         push_step(connected(), acfg, queue, None, names, number, set(), flagged_by=(used,), guidelines=LABEL_GUIDELINES)
         pending[idx] = True

@@ -11,7 +11,10 @@ No model and no I/O inside: the loop trains, scores the pool and hands the array
 Randomness comes only from the ``numpy.random.Generator`` passed in (ties are broken with it).
 
 An uncertainty strategy is a :class:`ScoreStrategy` with a ``score(probs) -> (N,)`` (higher =
-more worth labelling); the base picks the top ``n`` unlabelled rows. Adding one is ~ten lines.
+more worth labelling); the base picks the top ``n`` unlabelled rows. Adding one is ~ten lines in
+this file: a subclass with a ``name`` is registered in :data:`STRATEGIES` when it is defined (the
+CLI's ``--strategy`` choices, the loops and the contract test in ``tests/test_strategies.py`` read
+it), and says what the loops must compute for it: ``needs_embeddings``, ``relabels``.
 
 >>> probs = np.array([[0.9, 0.1], [0.5, 0.5], [0.6, 0.4], [0.55, 0.45]])
 >>> pool = Pool(probs, labelled=np.array([False, True, False, False]))
@@ -68,15 +71,29 @@ def _validate(pool: Pool, n: int) -> None:
         raise CleanloopError(f"n must be at least 1, got {n}")
 
 
+STRATEGIES: dict[str, type["QueryStrategy"]] = {}
+
+
 class QueryStrategy(ABC):
     """Pick ``n`` pool rows to label next. Subclasses implement :meth:`_select`.
 
-    ``relabels``: True when the strategy may pick already labelled rows (for another annotator's
-    label); False means it picks unlabelled rows only.
+    ``name``: a subclass with one is registered in :data:`STRATEGIES` (an abstract helper base
+    leaves it empty). ``relabels``: True when the strategy may pick already labelled rows (for
+    another annotator's label; it reads ``pool.annotations``); False means unlabelled rows only.
+    ``needs_embeddings``: it reads ``pool.embeddings``, so the loop must compute them.
     """
 
     name: str = ""
     relabels: bool = False
+    needs_embeddings: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            if cls.name in STRATEGIES:
+                raise CleanloopError(f"two query strategies named {cls.name!r}: {STRATEGIES[cls.name].__name__} "
+                                     f"and {cls.__name__}; fix: rename one")
+            STRATEGIES[cls.name] = cls
 
     def query(self, pool: Pool, n: int, rng: np.random.Generator) -> np.ndarray:
         """(min(n, available),) unique int indices into the pool, most wanted first.
@@ -84,6 +101,8 @@ class QueryStrategy(ABC):
         Raises CleanloopError on inconsistent shapes or ``n < 1``.
         """
         _validate(pool, n)
+        if self.needs_embeddings and pool.embeddings is None:
+            raise CleanloopError(f"the {self.name} strategy needs pool embeddings; fix: pass Pool(..., embeddings=...)")
         available = len(pool.probs) if self.relabels else int((~pool.labelled).sum())
         idx = self._select(pool, min(n, available), rng)
         return np.asarray(idx, dtype=np.int64)
@@ -162,6 +181,7 @@ class DiverseBatch(QueryStrategy):
     """
 
     name = "diversity"
+    needs_embeddings = True
 
     def __init__(self, uncertainty: ScoreStrategy | None = None, candidates: int = 10):
         if candidates < 1:
@@ -172,8 +192,6 @@ class DiverseBatch(QueryStrategy):
     def _select(self, pool, n, rng):
         from sklearn.cluster import KMeans
 
-        if pool.embeddings is None:
-            raise CleanloopError("the diversity strategy needs pool embeddings; fix: pass Pool(..., embeddings=...)")
         scores = self.uncertainty.score(pool.probs)
         cand = _top(scores, pool.unlabelled_idx, self.candidates * n, rng)
         if len(cand) <= n:
@@ -234,24 +252,19 @@ def _unit(emb: np.ndarray) -> np.ndarray:
     return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
 
-def _needs_embeddings(pool: Pool, name: str) -> np.ndarray:
-    if pool.embeddings is None:
-        raise CleanloopError(f"the {name} strategy needs pool embeddings; fix: pass Pool(..., embeddings=...)")
-    return pool.embeddings
-
-
 class Coverage(QueryStrategy):
     """Cold start, no model needed: k-means of the unlabelled embeddings into ``n`` clusters, and
     each cluster's most typical row (nearest its centre), biggest clusters first. The first
     batch then covers the pool's main kinds of text instead of its densest corner."""
 
     name = "coverage"
+    needs_embeddings = True
 
     def _select(self, pool, n, rng):
         from sklearn.cluster import KMeans
 
         cand = pool.unlabelled_idx
-        emb = _unit(_needs_embeddings(pool, self.name)[cand])
+        emb = _unit(pool.embeddings[cand])
         km = KMeans(n_clusters=n, n_init=1, random_state=int(rng.integers(2**31 - 1))).fit(emb)
         dist = np.linalg.norm(emb - km.cluster_centers_[km.labels_], axis=1)
         sizes = np.bincount(km.labels_, minlength=n)
@@ -267,12 +280,13 @@ class Badge(QueryStrategy):
     then k-means++ seeding over them: big gradients (uncertain) that point different ways (diverse)."""
 
     name = "badge"
+    needs_embeddings = True
 
     def _select(self, pool, n, rng):
         cand = pool.unlabelled_idx
         p = pool.probs[cand].astype(np.float32)
         g = p - np.eye(p.shape[1], dtype=np.float32)[p.argmax(1)]
-        grad = (g[:, :, None] * _unit(_needs_embeddings(pool, self.name)[cand])[:, None, :]).reshape(len(cand), -1)
+        grad = (g[:, :, None] * _unit(pool.embeddings[cand])[:, None, :]).reshape(len(cand), -1)
         sq = (grad**2).sum(1)
         picks = [int(np.argmax(sq))]
         d2 = np.maximum(sq + sq[picks[0]] - 2 * grad @ grad[picks[0]], 0)
@@ -283,11 +297,6 @@ class Badge(QueryStrategy):
             picks.append(nxt)
             d2 = np.minimum(d2, np.maximum(sq + sq[nxt] - 2 * grad @ grad[nxt], 0))
         return cand[picks]
-
-
-STRATEGIES: dict[str, type[QueryStrategy]] = {
-    s.name: s for s in (RandomSampling, LeastConfidence, Margin, Entropy, DiverseBatch, ActiveLab, Coverage, Badge)
-}
 
 
 def make_strategy(name: str) -> QueryStrategy:

@@ -2,7 +2,7 @@
 
 Every split comes out with exactly three columns: ``id`` (a string that every
 later step keeps), ``text`` and ``label`` (a ``ClassLabel``). Sources: a Hub id,
-a parquet/csv/jsonl file, a folder of ``<split>.<ext>`` files, or a
+a data file (any format of :mod:`cleanloop.model.readers`), a folder of ``<split>.<ext>`` files, or a
 ``save_to_disk`` folder. The emotion data ships inside the package as the
 offline default for ``dair-ai/emotion``.
 """
@@ -24,12 +24,12 @@ import pandas as pd
 
 from cleanloop.atomic import write_file
 from cleanloop.config import Config
-from cleanloop.errors import CleanloopError, not_utf8
+from cleanloop.errors import CleanloopError
+from cleanloop.model.readers import READERS, extensions, is_missing, read_table, texts_of
 
 log = logging.getLogger(__name__)
 
 EMOTION_HUB_ID = "dair-ai/emotion"
-FILE_EXTS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
 SPLIT_ORDER = ("train", "validation", "test")
 
 
@@ -59,27 +59,6 @@ class RawSplit:
     label_names: list[str] | None  # from a ClassLabel feature, when the source has one
 
 
-def _read_file(path: Path) -> pd.DataFrame:
-    ext = path.suffix.lower()
-    try:
-        if ext == ".parquet":
-            return pd.read_parquet(path)
-        if ext == ".csv":
-            return pd.read_csv(path, dtype=object, keep_default_na=False, na_values=[""])
-        if ext == ".jsonl":
-            return pd.read_json(path, lines=True, dtype=False)
-        if ext == ".json":
-            try:
-                return pd.read_json(path, lines=True, dtype=False)
-            except ValueError:
-                return pd.read_json(path, dtype=False)
-    except UnicodeDecodeError:
-        raise not_utf8(path) from None
-    except Exception as exc:  # parser errors name the line themselves
-        raise CleanloopError(f"{path}: cannot be read as {ext[1:]} ({exc}); fix: check the file format") from None
-    raise CleanloopError(f"{path}: unsupported file type '{ext}'; fix: use parquet, csv or jsonl")
-
-
 def _parquet_label_names(path: Path, column: str) -> list[str] | None:
     """ClassLabel names stored in a parquet file's Hugging Face metadata, if any."""
     if path.suffix.lower() != ".parquet":
@@ -97,7 +76,7 @@ def _parquet_label_names(path: Path, column: str) -> list[str] | None:
 
 def _from_files(files: dict[str, Path], cfg: Config) -> dict[str, RawSplit]:
     return {
-        split: RawSplit(_read_file(p), str(p), _parquet_label_names(p, cfg.label_column))
+        split: RawSplit(read_table(p), str(p), _parquet_label_names(p, cfg.label_column))
         for split, p in files.items()
     }
 
@@ -118,7 +97,7 @@ def _from_hf(dd: Any, where: str, cfg: Config) -> dict[str, RawSplit]:
 def _split_files(folder: Path) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.suffix.lower() in FILE_EXTS and p.stem in SPLIT_ORDER + ("valid", "val", "dev"):
+        if p.suffix.lower() in READERS and p.stem in SPLIT_ORDER + ("valid", "val", "dev"):
             split = {"valid": "validation", "val": "validation", "dev": "validation"}.get(p.stem, p.stem)
             files[split] = p
     return files
@@ -138,11 +117,11 @@ def read_source(cfg: Config) -> dict[str, RawSplit]:
         files = _split_files(path)
         if not files:
             raise CleanloopError(
-                f"{path}: no train/validation/test .parquet/.csv/.jsonl files and not a save_to_disk folder; "
+                f"{path}: no train/validation/test files ({extensions()}) and not a save_to_disk folder; "
                 "fix: name the files train.parquet, validation.parquet, test.parquet"
             )
         return _from_files(files, cfg)
-    if src.startswith((".", "/", "~")) or src.endswith(tuple(FILE_EXTS)):
+    if src.startswith((".", "/", "~")) or src.lower().endswith(tuple(READERS)):
         raise CleanloopError(f"data source {src} does not exist; fix: check the path in --dataset")
     if src == EMOTION_HUB_ID and not hub_reachable():
         log.info("Hub not reachable: using the copy of %s bundled with cleanloop", src)
@@ -156,10 +135,6 @@ def read_source(cfg: Config) -> dict[str, RawSplit]:
         ) from None
 
 
-def _is_missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and np.isnan(v))
-
-
 def resolve_label_names(raw: dict[str, RawSplit], cfg: Config) -> list[str]:
     """Label names in index order: config first, then a ClassLabel of the source, then the data."""
     if cfg.label_names:
@@ -170,7 +145,7 @@ def resolve_label_names(raw: dict[str, RawSplit], cfg: Config) -> list[str]:
     values = set()
     for rs in raw.values():
         if cfg.label_column in rs.frame:
-            values.update(v for v in rs.frame[cfg.label_column].tolist() if not _is_missing(v))
+            values.update(v for v in rs.frame[cfg.label_column].tolist() if not is_missing(v))
     if all(isinstance(v, (int, np.integer)) for v in values):
         return [str(i) for i in range(int(max(values)) + 1)] if values else []
     names = {str(v) for v in values}
@@ -218,19 +193,12 @@ def validate_split(
     """
     df, where = rs.frame, rs.where
     require_columns(rs, cfg, require_labels)
-    texts = df[cfg.text_column].tolist()
-    for row, t in enumerate(texts):
-        if not isinstance(t, str) or not t.strip():
-            what = "empty" if isinstance(t, str) or _is_missing(t) else f"not a string ({type(t).__name__})"
-            raise CleanloopError(
-                f"{where}: row {row}, column '{cfg.text_column}': text is {what}; fix: remove the row or fill in its text"
-            )
-    out = pd.DataFrame({"text": texts})
+    out = pd.DataFrame({"text": texts_of(df, cfg.text_column, where)})
     if require_labels:
         index = {n: i for i, n in enumerate(names)}
         labels = []
         for row, v in enumerate(df[cfg.label_column].tolist()):
-            i = None if _is_missing(v) else _label_index(v, names, index)
+            i = None if is_missing(v) else _label_index(v, names, index)
             if i is None:
                 raise CleanloopError(
                     f"{where}: row {row}, column '{cfg.label_column}': label {v!r} is not one of the "

@@ -101,7 +101,7 @@ def test_queue_to_records_and_suggestion_probs():
                           "suggested_score": [0.7], "label_quality": [0.2], "loss": [1.5]})
     [rec] = aio.records_from_queue(queue, round=1, agent="m", embeddings=np.ones((1, 3)))
     assert rec.suggestion == aio.Suggestion("anger", 0.7, "m") and rec.vector == (1.0, 1.0, 1.0)
-    assert rec.flagged_by == ("cleanlab",) and rec.copies == () and rec.queue_rank is None
+    assert rec.flagged_by == ("cleanlab",) and rec.copies == () and rec.queue_rank == 1  # a queue is in order
     queue = queue.assign(flagged_by=["cleanlab,duplicate"], copy_ids=[["train-00009"]], copy_labels=[["anger"]],
                          copy_texts=[["T"]], queue_rank=[1])
     [rec] = aio.records_from_queue(queue, round=1, agent="m")
@@ -110,6 +110,8 @@ def test_queue_to_records_and_suggestion_probs():
     np.testing.assert_allclose(aio.suggestion_probs(rec.suggestion, NAMES), [0.7, 0.15, 0.15])
     with pytest.raises(CleanloopError, match="2 embeddings for a queue of 1"):
         aio.records_from_queue(queue, 1, "m", np.ones((2, 3)))
+    with pytest.raises(CleanloopError, match="the review queue: column 'suggested_score' is missing"):
+        aio.records_from_queue(queue.drop(columns="suggested_score"), 1, "m")
 
 
 def test_api_key_from_environment_wins(tmp_path, monkeypatch):

@@ -165,3 +165,50 @@ def test_cli_writes_files_only_its_user_can_read(tmp_path):
     assert any(p.suffix == ".png" for p in made)
     for p in made:
         assert stat.S_IMODE(os.stat(p).st_mode) == (0o700 if p.is_dir() else 0o600), p
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_one_missing_value_rule_for_every_format_in_load_and_predict(tmp_path, fmt):
+    from cleanloop.model.readers import read_texts
+
+    rows = [("NA", "joy"), (None, "sadness"), ("fine", "joy")]  # "NA" is a text; None: empty cell / null / null
+    folder = write_split_files(tmp_path / fmt, fmt, rows)
+    with pytest.raises(CleanloopError, match=rf"train.{fmt}: row 1, column 'text': text is empty; fix: remove the row"):
+        load_data(Config(dataset=str(folder)))
+    with pytest.raises(CleanloopError, match=rf"train.{fmt}: row 1, column 'text': text is empty"):
+        read_texts(folder / f"train.{fmt}")
+    with pytest.raises(CleanloopError, match=rf"train.{fmt}: column 'tweet' is missing \(columns: text, label\)"):
+        read_texts(folder / f"train.{fmt}", "tweet")
+
+
+def test_a_new_format_is_one_reader_and_both_load_and_predict_read_it(tmp_path):
+    from cleanloop.model import readers
+
+    path = tmp_path / "train.tsv"
+    path.write_text("text\tlabel\ni feel happy\tjoy\nso sad\tsadness\n\tjoy\n")
+    with pytest.raises(CleanloopError, match=r"cannot read .*train.tsv: expected a .csv, .json, .jsonl.* file, got '.tsv'"):
+        load_data(Config(dataset=str(path)))
+
+    @readers.reader("tsv", ".tsv")
+    def _tsv(p):
+        return pd.read_csv(p, sep="\t", dtype=object, keep_default_na=False)
+
+    try:
+        with pytest.raises(CleanloopError, match=r"train.tsv: row 2, column 'text': text is empty"):
+            load_data(Config(dataset=str(path)))
+        path.write_text("text\tlabel\ni feel happy\tjoy\nso sad\tsadness\n")
+        assert load_data(Config(dataset=str(path)))["train"]["text"] == ["i feel happy", "so sad"]
+        assert readers.read_texts(path) == ["i feel happy", "so sad"]
+        assert load_data(Config(dataset=str(tmp_path)))["train"]["label"] == [0, 1]  # a folder of split files too
+    finally:
+        del readers.READERS[".tsv"]
+
+
+def test_plain_text_files_give_one_text_per_line_and_bad_files_name_the_format(tmp_path):
+    from cleanloop.model.readers import read_texts
+
+    (tmp_path / "t.txt").write_text("one\n\n  \ntwo\n")
+    assert read_texts(tmp_path / "t.txt", "ignored") == ["one", "two"]
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(CleanloopError, match=r"bad.json: cannot be read as json .*fix: check the file format"):
+        read_texts(tmp_path / "bad.json")

@@ -5,6 +5,7 @@ import pytest
 from cleanlab.filter import find_label_issues
 
 from cleanloop.errors import CleanloopError
+from cleanloop.labeling.records import queue_frame, queue_items
 from cleanloop.loops import flag, signals
 from cleanloop.loops.flag import confident_examples, review_queue, scores_table, signal_table
 from cleanloop.loops.oof import oof_logreg
@@ -59,6 +60,10 @@ def test_review_queue_caps_orders_and_skips_reviewed(data):
     queue = review_queue(scores, max_review=4, reviewed_ids=[first])
     assert len(queue) == 4 and first not in set(queue["id"])
     assert queue["rank"].is_monotonic_increasing and queue["is_issue"].all()
+    items = queue_items(queue)  # the parquet columns are the ReviewItem's, read back the same
+    assert [i.id for i in items] == queue["id"].tolist() and [i.queue_rank for i in items] == [1, 2, 3, 4]
+    assert all(i.flagged_by == ("cleanlab",) and i.given_label in "abc" for i in items)
+    assert queue_items(queue_frame(items)) == items
     conf = confident_examples(scores, per_class=2)
     assert len(conf) == 6 and set(conf["id"]).isdisjoint({f"ex-{i}" for i in flipped})
 
@@ -96,11 +101,9 @@ def test_suspicion_follows_the_noise_pattern():
     assert flag.suspicion_weights(0.0)["normalized_margin"] == 0.0
 
 
-def test_dynamics_average_and_area_under_margin():
+def test_dynamics_average():
     epochs = np.array([[[0.6, 0.4], [0.2, 0.8]], [[0.8, 0.2], [0.4, 0.6]]])  # (E=2, N=2, C=2)
     np.testing.assert_allclose(signals.dynamics_probs(epochs), [[0.7, 0.3], [0.3, 0.7]])
-    aum = signals.area_under_margin(np.array([0, 0]), epochs)
-    np.testing.assert_allclose(aum, [0.4, -0.4])
 
 
 def test_label_never_seen_is_a_clear_error():
@@ -127,3 +130,60 @@ def test_more_folds_than_the_smallest_class_is_a_clear_error():
 def test_unknown_filter_by_is_rejected():
     with pytest.raises(CleanloopError, match="unknown filter_by"):
         signals.find_issues(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]), filter_by="magic")
+
+
+def test_every_registered_signal_is_a_named_column_and_checks_run_once(data):
+    _, _, noisy, flipped, probs = data
+    ev = signals.Evidence.check(noisy, probs)
+    table = signals.compute(ev)
+    assert list(table.columns) == [s.name for s in signals.SIGNALS.values() if all(ev.has(n) for n in s.needs)]
+    for s in signals.SIGNALS.values():
+        if s.name in table and s.name != "is_issue":  # each points its own way at the flipped labels
+            col = table[s.name].to_numpy()
+            worse = col if s.higher_is_worse else -col
+            assert worse[flipped].mean() > np.median(worse), s.name
+        if s.quality:
+            assert table[s.name].between(0, 1).all(), s.name
+    with pytest.raises(CleanloopError, match="unknown signal 'magic'; fix: use one of self_confidence"):
+        signals.compute(ev, ["magic"])
+
+
+def test_a_signal_that_needs_dynamics_runs_only_with_them(data):
+    _, _, noisy, flipped, probs = data
+    epochs = np.stack([probs * 0.5 + 0.5 / 3, probs])  # an early, flatter epoch and the last one
+
+    @signals.signal("test_first_epoch_confidence", needs=(signals.DYNAMICS,))
+    def _first(ev):
+        return ev.epoch_probs[0][np.arange(len(ev.labels)), ev.labels]
+
+    try:
+        table = signal_table(noisy, signals.dynamics_probs(epochs), epoch_probs=epochs)
+        assert table["test_first_epoch_confidence"].to_numpy()[flipped].max() < 0.5
+        assert "test_first_epoch_confidence" not in signal_table(noisy, probs)  # no dynamics: left out
+        with pytest.raises(CleanloopError, match="signal 'test_first_epoch_confidence' needs dynamics, which this "
+                                                 "evidence lacks; fix: pass them"):
+            signals.compute(signals.Evidence.check(noisy, probs), ["test_first_epoch_confidence"])
+    finally:
+        del signals.SIGNALS["test_first_epoch_confidence"]
+    with pytest.raises(CleanloopError, match=r"expected per-epoch probabilities of shape \(E, 180, 3\), got \(2, 5, 3\)"):
+        signals.Evidence.check(noisy, probs, epoch_probs=epochs[:, :5])
+
+
+def test_a_new_signal_is_one_registration(data):
+    _, _, noisy, flipped, probs = data
+
+    @signals.signal("test_top_gap", higher_is_worse=True)
+    def _gap(ev):
+        return ev.probs.max(1) - ev.probs[np.arange(len(ev.labels)), ev.labels]
+
+    try:
+        table = signal_table(noisy, probs)
+        ids = [f"ex-{i}" for i in range(len(noisy))]
+        scores = scores_table(ids, ids, noisy, probs, ["a", "b", "c"], table)
+        assert "test_top_gap" in table and "test_top_gap" in scores
+        top = scores.sort_values("test_top_gap", ascending=False).head(len(flipped))["id"]
+        assert set(top) == {f"ex-{i}" for i in flipped}
+    finally:
+        del signals.SIGNALS["test_top_gap"]
+    with pytest.raises(CleanloopError, match=r"suspicion weights name signals that were not computed: \['loss_x'\]"):
+        signal_table(noisy, probs, weights={"loss_x": 1.0})

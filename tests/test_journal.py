@@ -193,9 +193,10 @@ def test_push_to_hub_up_to_the_call(tmp_path, monkeypatch):
 def test_docstring_examples_run():
     import doctest
 
-    from cleanloop.labeling import argilla_io, journal
-    from cleanloop.loops import versions
+    from cleanloop.labeling import argilla_io, journal, records
+    from cleanloop.loops import signals, versions
+    from cleanloop.model import readers
 
-    for module in (journal, versions, argilla_io):
+    for module in (journal, versions, argilla_io, records, signals, readers):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__

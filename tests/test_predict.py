@@ -188,19 +188,21 @@ def test_cli_output_file(run, reference, tmp_path, suffix):
     "args, input, message",
     [
         (["--file", "missing.txt"], None, "no file"),
-        (["--file", "in.csv"], None, "has no column 'text'"),
+        (["--file", "in.csv"], None, "column 'text' is missing (columns: tweet); fix: name the right column with"),
         (["--file", "in.xlsx"], None, "expected a"),
         (["hello", "--file", "in.csv"], None, "both texts and --file"),
         (["hello", "--output", "out.json"], None, "--output must end in .parquet or .csv"),
         (["hello", "--top-k", "7"], None, "model has 6 labels"),
         ([], "\n \n", "no texts in standard input"),
-        (["--file", "nulls.jsonl", "--text-column", "tweet"], None, "row 1 is empty"),
+        (["--file", "nulls.jsonl", "--text-column", "tweet"], None, "row 1, column 'tweet': text is empty"),
+        (["--file", "blank.csv", "--text-column", "tweet"], None, "row 1, column 'tweet': text is empty"),
     ],
 )
 def test_cli_errors_say_what_and_fix(run, tmp_path, args, input, message):
     pd.DataFrame({"tweet": ["a", "b"]}).to_csv(tmp_path / "in.csv", index=False)
     (tmp_path / "in.xlsx").write_text("x")
     (tmp_path / "nulls.jsonl").write_text('{"tweet": "a"}\n{"tweet": null}\n')
+    (tmp_path / "blank.csv").write_text("tweet,n\na,1\n,2\n")  # the same missing value in every format
     res = run(*args, input=input)
     assert isinstance(res.exception, CleanloopError), res.output
     assert message in str(res.exception)

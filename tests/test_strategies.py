@@ -59,6 +59,35 @@ class TestStrategyContract:
             make_strategy(name).query(Pool(pool.probs, pool.labelled[:5]), 3, np.random.default_rng(0))
 
 
+    def test_reads_embeddings_only_when_it_says_so(self, name):
+        pool = random_pool()  # the loops compute embeddings only for a strategy with needs_embeddings
+        bare = Pool(pool.probs, pool.labelled, None, pool.annotations)
+        s = make_strategy(name)
+        if s.needs_embeddings:
+            with pytest.raises(CleanloopError, match=f"the {name} strategy needs pool embeddings"):
+                s.query(bare, 8, np.random.default_rng(0))
+        else:
+            assert len(s.query(bare, 8, np.random.default_rng(0))) == 8
+
+
+def test_a_named_subclass_is_registered_where_it_is_defined():
+    class Longest(strategies.ScoreStrategy):
+        name = "test_longest"
+
+        @staticmethod
+        def score(probs):
+            return -probs.max(axis=1)
+
+    try:
+        assert STRATEGIES["test_longest"] is Longest
+        assert make_strategy("test_longest").query(made_up_pool(), 1, np.random.default_rng(0)).tolist() == [1]
+        with pytest.raises(CleanloopError, match="two query strategies named 'margin'"):
+            type("Again", (strategies.ScoreStrategy,), {"name": "margin", "score": staticmethod(lambda p: p[:, 0])})
+    finally:
+        STRATEGIES.pop("test_longest", None)
+    assert STRATEGIES["margin"] is Margin
+
+
 def test_unknown_strategy_names_the_choices():
     with pytest.raises(CleanloopError, match="use one of activelab, badge, coverage, diversity"):
         make_strategy("uncertainty")

@@ -11,51 +11,8 @@ import click
 
 from cleanloop.cli.options import app, config_options
 from cleanloop.config import SERVE_MAX_BATCH, SERVE_MAX_WAIT_MS, Config
-from cleanloop.errors import CleanloopError, not_utf8
-
-FILE_KINDS = {".txt": "txt", ".text": "txt", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
-
-
-def read_texts(path: Path, text_column: str = "text") -> list[str]:
-    """Texts from a file: ``.txt`` one per line (blank lines skipped), or the ``text_column``
-    of a ``.csv``, ``.jsonl`` or ``.parquet`` file (every row must hold a string)."""
-    import pandas as pd
-
-    if not path.is_file():
-        raise CleanloopError(f"no file {path}; fix: pass an existing --file")
-    kind = FILE_KINDS.get(path.suffix.lower())
-    if kind is None:
-        raise CleanloopError(
-            f"cannot read {path}: expected a {', '.join(sorted(FILE_KINDS))} file, got {path.suffix or 'no suffix'!r}; "
-            "fix: rename it or convert it"
-        )
-    try:
-        if kind == "txt":
-            return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if kind == "csv":
-            df = pd.read_csv(path, dtype={text_column: object}, keep_default_na=False)
-        elif kind == "jsonl":
-            df = pd.read_json(path, lines=True, dtype=False)
-        else:
-            df = pd.read_parquet(path)
-    except UnicodeDecodeError as exc:
-        raise not_utf8(path) from None
-    except (ValueError, OSError) as exc:
-        raise CleanloopError(f"cannot read {path} as {kind} ({str(exc).splitlines()[0][:160]})") from None
-    if text_column not in df.columns:
-        raise CleanloopError(
-            f"{path} has no column {text_column!r} (it has {', '.join(map(str, df.columns))}); "
-            "fix: pass --text-column NAME"
-        )
-    texts = df[text_column].tolist()
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-    if bad:
-        first = texts[bad[0]]
-        what = "is empty" if first is None or (isinstance(first, float) and first != first) else f"holds {first!r}, not a text"
-        raise CleanloopError(
-            f"{path}: column {text_column!r} row {bad[0]} {what} ({len(bad)} such rows); fix: drop or fill those rows"
-        )
-    return texts
+from cleanloop.errors import CleanloopError
+from cleanloop.model.readers import read_texts
 
 
 def _table(texts: list[str], preds, top_k: int | None) -> None:
