@@ -46,7 +46,7 @@ from common import RESULTS, fresh_dir, machine, use_device
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from cleanloop.atomic import write_text  # noqa: E402
-from cleanloop.config import Config, load_config  # noqa: E402
+from cleanloop.config import ActiveOptions, Config, load_config  # noqa: E402
 from cleanloop.labeling.embedded import credentials, down, up  # noqa: E402
 from cleanloop.loops import online  # noqa: E402
 from cleanloop.model.data import load_data, stratified_sample  # noqa: E402
@@ -115,7 +115,7 @@ def run_one(strategy: str, seed: int, data: dict, args, cfg: Config, home: Path,
     folder = fresh_dir(Path(args.workdir) / "runs" / f"{strategy}-{seed}")  # a fresh session each time
     run_cfg = cfg.replace(workdir=str(folder), seed=seed,
                           argilla_dataset=f"bench-{strategy}-{seed}-{int(time.time())}")
-    opts = online.SessionOptions(strategy=strategy, batch_size=args.batch, max_labels=args.max_labels,
+    opts = ActiveOptions(strategy=strategy, batch_size=args.batch, max_labels=args.max_labels,
                                  poll_seconds=args.poll_seconds, idle_timeout=120)
     clock = time.monotonic
     annotator = Annotator(cfg.argilla_url, keys["annotator"], run_cfg.argilla_dataset + "-label", data["truth"],

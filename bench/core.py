@@ -123,6 +123,18 @@ def bench_scoring(model_dir: Path, texts: list[str], labels, batch_size: int, re
     }
 
 
+def _previous(key: str) -> list:
+    """The runs of ``key`` already in bench/results/core.json (a rerun adds to them)."""
+    import json
+
+    from common import RESULTS
+
+    path = RESULTS / "core.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    test = data.get("test", {})
+    return test.get(key) or ([test["finetune"]] if key == "finetune_runs" and "finetune" in test else [])
+
+
 def bench_train(cfg: Config, dd, precisions: list[str], examples: int, eval_examples: int) -> dict:
     """Training examples per second (the Trainer's own loop, no evaluation inside) and test accuracy,
     one run per precision in this process, on the same ``examples`` training examples (0: all)."""

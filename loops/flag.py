@@ -25,10 +25,10 @@ CONFLICT_PRIORITY = 0.5  # a group of copies with two labels: at least one label
 def suspicion_weights(structure: float) -> dict[str, float]:
     """The suspicion score's weights for a noise structure in [0, 1] (:func:`signals.noise_structure`).
 
-    Chosen on bench/noise.py. With patterned errors (class-conditional 10%, training dynamics)
-    normalized margin (AP 0.926) and the noise-aware posterior (0.950) lead and their mean reaches
-    0.953, while self-confidence (= loss order) has 0.889. With uniform errors self-confidence
-    leads (0.979) and the other two trail (0.972-0.974). So: the noise-aware posterior always
+    Chosen on bench/noise.py (figures: bench/results/noise.json and the README). With patterned
+    errors normalized margin and the noise-aware posterior lead and their mean does best, while
+    self-confidence (= loss order) trails; with uniform errors self-confidence leads and the other
+    two trail a little. So: the noise-aware posterior always
     (its noise matrix shrunk toward uniform by the same structure), plus normalized margin as
     far as the errors show a pattern and self-confidence for the rest.
     """

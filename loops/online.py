@@ -151,9 +151,8 @@ class LightHead:
     The label anchors join the training data as one example per label (weight ``anchor_weight``;
     for a class no annotator has labelled yet, at least the weight of an average class): a prior
     that the labels overrule as they come, and a class nobody labelled yet can still be predicted.
-    With zero labels the head is the zero-shot model (:func:`zero_shot_probs`). On emotion (4,000-tweet
-    pool, random labels, 3 draws) weight 50 instead of 1 lifts test accuracy from 32% to 49% at 10
-    labels and from 55% to 58% at 300.
+    With zero labels the head is the zero-shot model (:func:`zero_shot_probs`). The default weight
+    was chosen on the emotion pool with ``bench/active.py`` (figures in the README).
     """
 
     def __init__(self, anchors: np.ndarray, *, C: float = 1.0, temperature: float = 0.05, anchor_weight: float = 50.0,
@@ -187,10 +186,6 @@ class LightHead:
 
 
 # --- the session -----------------------------------------------------------------------------------------
-
-
-# a session runs on the [active] options (their full_retrain off); the name of before stays importable
-SessionOptions = ActiveOptions
 
 
 @dataclass

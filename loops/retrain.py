@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cleanloop.config import Config, LoopOptions  # noqa: F401  (LoopOptions: importable here as before)
-from cleanloop.errors import CleanloopError, WeakModelError
+from cleanloop.errors import WeakModelError
 from cleanloop.loops.rounds import ApplyStep, LoopState, PullStep, PushStep, Round, RoundLoop, Step, WaitStep
 from cleanloop.workdir import Workdir
 

@@ -119,10 +119,9 @@ def noise_structure(noise: np.ndarray, uniform_below: float = 0.25, structured_f
     noise: (C, C) noise matrix as from :func:`noise_matrix`. Per true class, the share of its
     off-diagonal mass that goes to its most frequent wrong label, rescaled so that an even spread
     over the C - 1 other classes is 0 and a single partner is 1; averaged with the classes' noise
-    mass as weights. Estimated matrices of truly uniform noise measure 0.19-0.26 on the emotion
-    benchmark (``bench/noise.py``, 5-20% noise, both paths) and class-conditional noise 0.40
-    (frozen features) to 0.98 (fine-tuned); the result maps ``uniform_below`` to 0 and
-    ``structured_from`` to 1, linearly between.
+    mass as weights. The two thresholds sit between what the estimated matrices of uniform and of
+    class-conditional noise measure on the emotion benchmark (``bench/noise.py``): the result maps
+    ``uniform_below`` to 0 and ``structured_from`` to 1, linearly between.
 
     >>> noise_structure(np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0], [0.0, 0.0, 1.0]]))
     1.0

@@ -52,7 +52,6 @@ class TrainResult:
     output_dir: Path
     metrics: dict
     train_seconds: float
-    artifacts: list[Path] = field(default_factory=list)
     main_process: bool = True  # False on the other ranks of an `accelerate launch` run, which save nothing
     probs: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (N, C) probabilities of the saved model
 

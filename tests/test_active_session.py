@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from test_review_loop import NAMES, make_data
 
-from cleanloop.config import Config
+from cleanloop.config import ActiveOptions, Config
 from cleanloop.errors import CleanloopError
 from cleanloop.labeling import argilla_io as aio
 from cleanloop.labeling.journal import Journal
@@ -93,9 +93,9 @@ def test_light_head_keeps_unseen_classes_and_is_zero_shot_without_labels():
 
 def test_session_options_are_checked():
     with pytest.raises(CleanloopError, match="batch_size must be 1 or more, got 0"):
-        online.SessionOptions(batch_size=0)
+        ActiveOptions(batch_size=0)
     with pytest.raises(CleanloopError, match="strategy 'activelab' cannot drive a session; fix: use one of badge"):
-        online.SessionOptions(strategy="activelab")
+        ActiveOptions(strategy="activelab")
 
 
 class Annotator(threading.Thread):
@@ -134,7 +134,7 @@ def test_session_from_zero_labels_queues_ahead_and_goes_through_the_journal(tmp_
     emb, anchors = online.embed(cfg, pool.ids, pool.texts), online.label_anchors(cfg, NAMES)
     gold = dict(zip(pool.ids, truth))
     annotator = Annotator(argilla_server, "session-label", gold, pause=0.25)
-    opts = online.SessionOptions(strategy="margin", batch_size=4, max_labels=12, poll_seconds=0.2, idle_timeout=60)
+    opts = ActiveOptions(strategy="margin", batch_size=4, max_labels=12, poll_seconds=0.2, idle_timeout=60)
     seen = []
     annotator.start()
     try:

@@ -9,7 +9,7 @@ fails as soon as any target changes. ``CLEANLOOP_ARGILLA_PATCHES=off`` starts th
 none of them. What the server did is in ``<home>/run/patches.json`` and its log.
 
 The patches are speed-ups for bulk logging, each keeping the server's behaviour (found by
-profiling ``bench/argilla.py``; together they were over half of the server's time per record;
+profiling ``bench/argilla.py``, figures in ``bench/results/argilla.json``;
 the database's JSON columns are in :mod:`cleanloop.labeling.embedded._sqlite_driver`):
 
 * ``type-adapter-per-type``: ``Question.parsed_settings`` and ``MetadataProperty.parsed_settings``

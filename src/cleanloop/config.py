@@ -45,8 +45,8 @@ DEFAULT_DATASET = "dair-ai/emotion"
 
 
 # `cleanloop serve` micro-batching defaults. Small groups overlap: while the model runs one group,
-# the next group's requests are read and the last group's answers written. On 2 CPU cores with 16
-# one-tweet clients, groups of 8 served ~20% more than groups of 64 (bench/serve.py).
+# the next group's requests are read and the last group's answers written. Chosen with bench/serve.py
+# (figures: bench/results/serve.json and the README).
 SERVE_MAX_WAIT_MS = 10.0
 SERVE_MAX_BATCH = 8
 
@@ -202,7 +202,7 @@ class TrainingOptions(Options):
     dynamics_epochs: int = field(
         default=0,
         metadata={"help": "Record only the last N epoch ends (0: all). Each is one pass over the train split: "
-                          "1 costs ~8% of training instead of ~25% for 3 epochs, at a little ranking quality."},
+                          "fewer cost less training time, at a little ranking quality."},
     )
 
     def check(self) -> None:
@@ -403,7 +403,7 @@ class ActiveOptions(ReviewWait):
         metadata={"help": "From this many labels per class on, train the fine-tuned classifier instead of SetFit."},
     )
     # a fine-tune on few labels gets enough epochs to see at least this many examples (4 epochs of a
-    # few hundred labels are too few optimizer steps: 69% vs 82% test accuracy at 688 labels on emotion)
+    # few hundred labels are too few optimizer steps; bench/active_rounds.py measures it)
     min_train_examples: int = field(
         default=10000,
         metadata={"help": "A fine-tune on few labels runs enough epochs to see at least this many examples."},

@@ -122,7 +122,7 @@ def serve(
 ) -> None:
     """Serve the model over HTTP: POST /predict {"texts": [...]}, GET /health, GET /labels, docs at /docs."""
     # The HTTP event loop and the model share the cores: OpenMP workers that spin between
-    # parallel regions starve it (measured on 2 cores under load: 4 -> 76 texts/s). Only
+    # parallel regions starve it (bench/serve.py shows it). Only
     # effective before torch is first imported, which is the case when run from the shell.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from cleanloop import api
