@@ -100,7 +100,7 @@ def train_ensemble(
         {"members": [f"member-{i}" for i in range(len(members))], "combine": "mean of probabilities"}, indent=2))
     replace_folder(tmp, out)
     probs = {s: p for s, (_, p) in eval_probs.items()}
-    return TrainResult(out, metrics, seconds, [out / p.name for p in pngs], probs=probs)
+    return TrainResult(out, metrics, seconds, probs=probs)
 
 
 def _card_section(metrics: dict) -> str:

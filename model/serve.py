@@ -346,38 +346,11 @@ def _valid_unicode(text: str) -> str:
     return text
 
 
-def create_app(
-    predictor: Predictor,
-    max_texts: int = 256,
-    max_chars: int = 2000,
-    truncate: bool = False,
-    max_wait_ms: float = SERVE_MAX_WAIT_MS,
-    max_batch: int = SERVE_MAX_BATCH,
-    batch_size: int = 32,
-    model_name: str | None = None,
-):
-    """A FastAPI app serving ``predictor``.
-
-    POST /predict ``{"texts": [...], "top_k": k}`` -> ``{"results": [...]}``, one result per
-    text in order: ``label``, ``score``, ``probabilities`` (by label name), ``truncated``
-    and, with ``top_k``, the k most likely labels. Limits: 1 to ``max_texts`` texts of at
-    most ``max_chars`` characters each (413 beyond; with ``truncate=True`` longer texts are
-    cut to ``max_chars`` and marked ``truncated``, up to ``TRUNCATE_FACTOR * max_chars``; the
-body is limited to what such texts need, counted as it is read, chunked or not). Malformed JSON -> 400, any other bad
-    input -> 422, a full queue -> 503.
-    """
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
+def _schemas(labels: list[str], max_texts: int, max_chars: int, text_limit: int, truncate: bool):
+    """The request, response and error models of /predict, with this service's limits in them."""
     from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-    if max_texts < 1 or max_chars < 1:
-        raise ValueError(f"expected max_texts >= 1 and max_chars >= 1, got {max_texts!r} and {max_chars!r}")
-    labels = list(predictor.label_names)
     num_labels = len(labels)
-    # --truncate cuts a text to max_chars, but never accepts one over TRUNCATE_FACTOR times that
-    text_limit = max_chars * TRUNCATE_FACTOR if truncate else max_chars
     Text = Annotated[str, StringConstraints(strict=True, max_length=text_limit), AfterValidator(_valid_unicode)]
 
     class PredictRequest(BaseModel):
@@ -409,6 +382,66 @@ body is limited to what such texts need, counted as it is read, chunked or not).
     class ErrorResponse(BaseModel):
         detail: str
 
+    return PredictRequest, PredictResponse, ErrorResponse
+
+
+def _add_error_handlers(app, max_texts: int, text_limit: int, num_labels: int, truncate: bool) -> None:
+    """One-line JSON errors: 400 for malformed JSON, 413 for too much, 422 for any other bad input."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        explained = [_explain(e, max_texts, text_limit, num_labels, truncate) for e in errors[:20]]
+        status = 400 if any(s == 400 for s, _ in explained) else max(s for s, _ in explained) if explained else 422
+        body = {"detail": explained[0][1] if explained else "invalid request"}
+        if len(explained) > 1:
+            body["errors"] = [m for _, m in explained] + ([f"... and {len(errors) - 20} more"] if len(errors) > 20 else [])
+        return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        detail = exc.detail
+        if exc.status_code == 400 and detail == "There was an error parsing the body":
+            # FastAPI's answer when the body is not decodable (bad UTF-8, nesting too deep...)
+            detail = f"malformed JSON: the body could not be decoded or parsed; fix: send UTF-8 JSON like {EXAMPLE}"
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+def create_app(
+    predictor: Predictor,
+    max_texts: int = 256,
+    max_chars: int = 2000,
+    truncate: bool = False,
+    max_wait_ms: float = SERVE_MAX_WAIT_MS,
+    max_batch: int = SERVE_MAX_BATCH,
+    batch_size: int = 32,
+    model_name: str | None = None,
+):
+    """A FastAPI app serving ``predictor``.
+
+    POST /predict ``{"texts": [...], "top_k": k}`` -> ``{"results": [...]}``, one result per
+    text in order: ``label``, ``score``, ``probabilities`` (by label name), ``truncated``
+    and, with ``top_k``, the k most likely labels. Limits: 1 to ``max_texts`` texts of at
+    most ``max_chars`` characters each (413 beyond; with ``truncate=True`` longer texts are
+    cut to ``max_chars`` and marked ``truncated``, up to ``TRUNCATE_FACTOR * max_chars``; the
+body is limited to what such texts need, counted as it is read, chunked or not). Malformed JSON -> 400, any other bad
+    input -> 422, a full queue -> 503.
+    """
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    if max_texts < 1 or max_chars < 1:
+        raise ValueError(f"expected max_texts >= 1 and max_chars >= 1, got {max_texts!r} and {max_chars!r}")
+    labels = list(predictor.label_names)
+    num_labels = len(labels)
+    # --truncate cuts a text to max_chars, but never accepts one over TRUNCATE_FACTOR times that
+    text_limit = max_chars * TRUNCATE_FACTOR if truncate else max_chars
+    PredictRequest, PredictResponse, ErrorResponse = _schemas(labels, max_texts, max_chars, text_limit, truncate)
+
     batcher = MicroBatcher(predictor, max_wait_ms=max_wait_ms, max_batch=max_batch, batch_size=batch_size)
 
     @asynccontextmanager
@@ -429,23 +462,7 @@ body is limited to what such texts need, counted as it is read, chunked or not).
 
     app.add_middleware(_BodyLimit, limit=body_limit, fix=f"send at most {max_texts} texts of at most {max_chars} characters")
 
-    @app.exception_handler(RequestValidationError)
-    async def bad_request(request: Request, exc: RequestValidationError):
-        errors = exc.errors()
-        explained = [_explain(e, max_texts, text_limit, num_labels, truncate) for e in errors[:20]]
-        status = 400 if any(s == 400 for s, _ in explained) else max(s for s, _ in explained) if explained else 422
-        body = {"detail": explained[0][1] if explained else "invalid request"}
-        if len(explained) > 1:
-            body["errors"] = [m for _, m in explained] + ([f"... and {len(errors) - 20} more"] if len(errors) > 20 else [])
-        return JSONResponse(body, status_code=status)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException):
-        detail = exc.detail
-        if exc.status_code == 400 and detail == "There was an error parsing the body":
-            # FastAPI's answer when the body is not decodable (bad UTF-8, nesting too deep...)
-            detail = f"malformed JSON: the body could not be decoded or parsed; fix: send UTF-8 JSON like {EXAMPLE}"
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+    _add_error_handlers(app, max_texts, text_limit, num_labels, truncate)
 
     bad = {400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
 

@@ -61,14 +61,86 @@ def model_dir(cfg: Config) -> Path:
     return Workdir.of(cfg).model(cfg.method)
 
 
-def evaluate_splits(probs_by_split: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], out: Path, title: str):
-    """Metrics per split and a confusion-matrix PNG for each; returns (metrics, png paths)."""
-    metrics, pngs = {}, []
+def evaluate_splits(probs_by_split: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], out: Path,
+                    title: str) -> dict:
+    """Metrics per split, and a confusion-matrix PNG for each in ``out`` (``confusion_<split>.png``)."""
+    metrics = {}
     for split, (y, probs) in probs_by_split.items():
-        m = classification_metrics(y, probs.argmax(1), names)
-        metrics[split] = m
-        pngs.append(plot_confusion_matrix(m["confusion_matrix"], names, f"{title} ({split})", out / f"confusion_{split}.png"))
-    return metrics, pngs
+        metrics[split] = m = classification_metrics(y, probs.argmax(1), names)
+        plot_confusion_matrix(m["confusion_matrix"], names, f"{title} ({split})", out / f"confusion_{split}.png")
+    return metrics
+
+
+def _training_args(cfg: Config, checkpoints: Path, per_epoch: bool, bf16: bool, device: torch.device):
+    """The Trainer's settings from ``cfg``: best epoch by validation macro F1 when there are several."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_ratio,
+        label_smoothing_factor=cfg.label_smoothing,
+        eval_strategy="epoch" if per_epoch else "no",
+        save_strategy="epoch" if per_epoch else "no",
+        save_total_limit=1,
+        save_only_model=True,
+        load_best_model_at_end=per_epoch,
+        metric_for_best_model="macro_f1",
+        greater_is_better=True,
+        train_sampling_strategy="group_by_length",
+        logging_strategy="steps",
+        logging_steps=50,
+        report_to="none",
+        seed=cfg.seed,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        bf16=bf16,
+        use_cpu=bf16 and device.type == "cpu",  # the Trainer's bf16 on CPU asks for it
+    )
+
+
+def _weighted_loss(cfg: Config, labels: np.ndarray, n_classes: int):
+    """The loss with inverse class-frequency weights (``cfg.class_weights``), or None: the model's own."""
+    if not cfg.class_weights:
+        return None
+    w = torch.tensor(class_weights(labels, n_classes))
+
+    def loss_func(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"]
+        return torch.nn.functional.cross_entropy(
+            logits.float(), labels, weight=w.to(logits.device), label_smoothing=cfg.label_smoothing
+        )
+
+    return loss_func
+
+
+def _dynamics_recorder(cfg: Config, tok, texts: list[str], precision: str):
+    """A TrainerCallback recording every train example's probabilities at each epoch end (training
+    dynamics; with ``dynamics_epochs`` = k, at the last k epoch ends only): ``.probs``, ``.seconds``."""
+    from transformers import TrainerCallback
+
+    epoch_ends = math.ceil(cfg.epochs)  # a fractional last epoch ends too
+    skip_ends = max(0, epoch_ends - cfg.dynamics_epochs) if cfg.dynamics_epochs else 0
+
+    class DynamicsCallback(TrainerCallback):
+        def __init__(self):
+            self.ends, self.probs, self.seconds = 0, [], 0.0
+
+        def on_epoch_end(self, args, state, control, model=None, **kw):
+            self.ends += 1
+            if self.ends <= skip_ends:
+                return
+            t0 = time.perf_counter()
+            probs = forward_batches(model, tok, texts, classifier_step, cfg.eval_batch_size, cfg.max_length,
+                                    precision=precision)["probs"]
+            self.probs.append(probs.astype(np.float32))
+            self.seconds += time.perf_counter() - t0
+
+    return DynamicsCallback()
 
 
 class ClassifierTrainer:
@@ -97,8 +169,6 @@ class ClassifierTrainer:
             AutoTokenizer,
             DataCollatorWithPadding,
             Trainer,
-            TrainerCallback,
-            TrainingArguments,
             set_seed,
         )
 
@@ -127,32 +197,7 @@ class ClassifierTrainer:
         device = default_device()
         run_prec = prec.resolve(cfg.precision, device)[0]  # before the check: dynamics, training
         train_bf16 = run_prec == "bf16"  # int8 is for inference only: it trains in fp32
-        args = TrainingArguments(
-            output_dir=str(self.workdir.checkpoints),
-            num_train_epochs=cfg.epochs,
-            learning_rate=cfg.learning_rate,
-            per_device_train_batch_size=cfg.batch_size,
-            per_device_eval_batch_size=cfg.eval_batch_size,
-            weight_decay=cfg.weight_decay,
-            warmup_steps=cfg.warmup_ratio,
-            label_smoothing_factor=cfg.label_smoothing,
-            eval_strategy="epoch" if per_epoch else "no",
-            save_strategy="epoch" if per_epoch else "no",
-            save_total_limit=1,
-            save_only_model=True,
-            load_best_model_at_end=per_epoch,
-            metric_for_best_model="macro_f1",
-            greater_is_better=True,
-            train_sampling_strategy="group_by_length",
-            logging_strategy="steps",
-            logging_steps=50,
-            report_to="none",
-            seed=cfg.seed,
-            dataloader_num_workers=0,
-            dataloader_pin_memory=torch.cuda.is_available(),
-            bf16=train_bf16,
-            use_cpu=train_bf16 and device.type == "cpu",  # the Trainer's bf16 on CPU asks for it
-        )
+        args = _training_args(cfg, self.workdir.checkpoints, per_epoch, train_bf16, device)
 
         def compute_metrics(pred):
             return {
@@ -161,39 +206,9 @@ class ClassifierTrainer:
                 if k in ("accuracy", "macro_f1", "weighted_f1")
             }
 
-        loss_func = None
-        if cfg.class_weights:
-            w = torch.tensor(class_weights(np.asarray(dd["train"]["label"]), len(names)))
+        loss_func = _weighted_loss(cfg, np.asarray(dd["train"]["label"]), len(names))
 
-            def loss_func(outputs, labels, num_items_in_batch=None):
-                logits = outputs["logits"]
-                return torch.nn.functional.cross_entropy(
-                    logits.float(), labels, weight=w.to(logits.device), label_smoothing=cfg.label_smoothing
-                )
-
-        train_texts = list(dd["train"]["text"])
-        dynamics: list[np.ndarray] = []
-        dynamics_seconds = [0.0]
-
-        epoch_ends = math.ceil(cfg.epochs)  # a fractional last epoch ends too
-        skip_ends = max(0, epoch_ends - cfg.dynamics_epochs) if cfg.dynamics_epochs else 0
-
-        class DynamicsCallback(TrainerCallback):
-            """Record every train example's probabilities at each epoch end (training dynamics);
-            with ``dynamics_epochs`` = k, at the last k epoch ends only."""
-
-            ends = 0
-
-            def on_epoch_end(self, args, state, control, model=None, **kw):
-                self.ends += 1
-                if self.ends <= skip_ends:
-                    return
-                t0 = time.perf_counter()
-                probs = forward_batches(
-                    model, tok, train_texts, classifier_step, cfg.eval_batch_size, cfg.max_length, precision=run_prec
-                )["probs"]
-                dynamics.append(probs.astype(np.float32))
-                dynamics_seconds[0] += time.perf_counter() - t0
+        recorder = _dynamics_recorder(cfg, tok, list(dd["train"]["text"]), run_prec)
 
         trainer = Trainer(
             model=model,
@@ -204,7 +219,7 @@ class ClassifierTrainer:
             data_collator=DataCollatorWithPadding(tok),
             compute_metrics=compute_metrics if has_val else None,
             compute_loss_func=loss_func,
-            callbacks=([DynamicsCallback()] if cfg.record_dynamics else []) + self.callbacks,
+            callbacks=([recorder] if cfg.record_dynamics else []) + self.callbacks,
         )
         start = time.perf_counter()
         trainer.train()
@@ -225,10 +240,11 @@ class ClassifierTrainer:
                 )["probs"]
                 val_seconds = val_seconds or time.perf_counter() - t0
                 eval_probs[split] = (np.asarray(dd[split]["label"]), probs)
-        metrics, pngs = evaluate_splits(eval_probs, names, tmp, "fine-tuned " + Path(base).name)
+        metrics = evaluate_splits(eval_probs, names, tmp, "fine-tuned " + Path(base).name)
         metrics["precision"] = self._check_precision(model, tok, dd, eval_probs, val_seconds, device, train_bf16)
+        dynamics = recorder.probs
         info = self._run_info(dd, seconds, len(dynamics))
-        info["dynamics_seconds"] = round(dynamics_seconds[0], 2)
+        info["dynamics_seconds"] = round(recorder.seconds, 2)
         if dynamics:
             np.savez_compressed(
                 tmp / "dynamics.npz",
@@ -239,9 +255,7 @@ class ClassifierTrainer:
         self._write(tmp, metrics, info, names)
         shutil.rmtree(self.workdir.checkpoints, ignore_errors=True)
         replace_folder(tmp, out)
-        return TrainResult(
-            out, metrics, seconds, [out / p.name for p in pngs], probs={s: p for s, (_, p) in eval_probs.items()}
-        )
+        return TrainResult(out, metrics, seconds, probs={s: p for s, (_, p) in eval_probs.items()})
 
     # --- frozen features + logistic regression -----------------------------------
     def _train_features(self, dd, out: Path) -> TrainResult:
@@ -267,8 +281,8 @@ class ClassifierTrainer:
             if split in dd:
                 eval_probs[split] = (y[split], _full_proba(head, feats[split], len(names)))
                 dummy_probs[split] = (y[split], _full_proba(dummy, feats[split], len(names)))
-        metrics, pngs = evaluate_splits(eval_probs, names, tmp, "features + logistic regression")
-        dummy_metrics, _ = evaluate_splits(dummy_probs, names, tmp / "dummy", "most frequent class")
+        metrics = evaluate_splits(eval_probs, names, tmp, "features + logistic regression")
+        dummy_metrics = evaluate_splits(dummy_probs, names, tmp / "dummy", "most frequent class")
         shutil.rmtree(tmp / "dummy")
         metrics["dummy"] = {s: {k: m[k] for k in ("accuracy", "macro_f1", "weighted_f1")} for s, m in dummy_metrics.items()}
         device = default_device()
@@ -284,7 +298,7 @@ class ClassifierTrainer:
         )
         self._write(tmp, metrics, self._run_info(dd, seconds, 0), names)
         replace_folder(tmp, out)
-        return TrainResult(out, metrics, seconds, [out / p.name for p in pngs])
+        return TrainResult(out, metrics, seconds)
 
     def _check_precision(self, model, tok, dd, eval_probs, val_seconds, device, train_bf16) -> dict:
         """Measure bf16 (where native or asked) and int8 (CPU) against fp32 on the validation split,
