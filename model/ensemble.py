@@ -70,7 +70,7 @@ def train_ensemble(
 
     eval_probs = {s: (np.asarray(dd[s]["label"]), np.mean([r.probs[s] for r in results], axis=0))
                   for s in results[0].probs}
-    metrics, pngs = evaluate_splits(eval_probs, names, tmp, f"ensemble of {len(members)}")
+    metrics = evaluate_splits(eval_probs, names, tmp, f"ensemble of {len(members)}")
     keys = ("accuracy", "macro_f1")
     metrics["members"] = [
         {"folder": f"member-{i}", "seed": m.seed, "settings": {k: getattr(m, k) for k in TUNED},
