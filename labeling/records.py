@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -109,13 +110,32 @@ def queue_frame(items: Sequence[ReviewItem], extra: pd.DataFrame | None = None) 
     return frame
 
 
-def queue_items(frame: pd.DataFrame, where: str = "the review queue") -> list[ReviewItem]:
-    """The :class:`ReviewItem` s of a queue table (as :func:`queue_frame` writes it; columns it lacks
-    other than id, text, suggested_label and suggested_score take their defaults)."""
+def read_queue(path: str | Path) -> pd.DataFrame:
+    """The queue table a flag or query step wrote (``review_queue.parquet``, ``batch.parquet``), checked
+    to have the columns :func:`queue_items` needs."""
+    path = Path(path)
+    if not path.is_file():
+        raise CleanloopError(f"no review queue at {path}; fix: run 'cleanloop flag' first or pass --queue")
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise CleanloopError(f"cannot read the review queue {path} as parquet ({str(exc).splitlines()[0][:160]}); "
+                             "fix: make it again with 'cleanloop flag'") from None
+    _check_columns(frame, str(path))
+    return frame
+
+
+def _check_columns(frame: pd.DataFrame, where: str) -> None:
     missing = [c for c in _REQUIRED if c not in frame.columns]
     if missing:
         raise CleanloopError(f"{where}: column {missing[0]!r} is missing (columns: {', '.join(map(str, frame.columns))}); "
                              "fix: make it with 'cleanloop flag'")
+
+
+def queue_items(frame: pd.DataFrame, where: str = "the review queue") -> list[ReviewItem]:
+    """The :class:`ReviewItem` s of a queue table (as :func:`queue_frame` writes it; columns it lacks
+    other than id, text, suggested_label and suggested_score take their defaults)."""
+    _check_columns(frame, where)
     has = set(frame.columns)
 
     def col(name: str, default):

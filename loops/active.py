@@ -35,7 +35,7 @@ import numpy as np
 
 from cleanloop.config import ActiveOptions, Config
 from cleanloop.errors import CleanloopError
-from cleanloop.labeling.records import queue_frame, unlabelled_items
+from cleanloop.labeling.records import queue_frame, read_queue, unlabelled_items
 from cleanloop.loops.rounds import ApplyStep, LoopState, PullStep, PushStep, Round, RoundLoop, Step, WaitStep
 from cleanloop.loops.strategies import Pool, QueryStrategy, make_strategy
 from cleanloop.workdir import Workdir
@@ -331,9 +331,7 @@ class QueryStep(Step):
 
 
 def _round_batch(rnd: Round) -> tuple:
-    import pandas as pd
-
-    return pd.read_parquet(rnd.workdir.batch), None
+    return read_queue(rnd.workdir.batch), None
 
 
 HISTORY_KEYS = ("round", "model", "labelled", "queried", "relabel", "pushed", "answered", "reviewed", "removed",

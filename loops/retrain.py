@@ -126,10 +126,10 @@ class FlagStep(Step):
 
 def round_queue(rnd: Round) -> tuple:
     """The review queue a round's flag step wrote, with its embeddings (or None)."""
-    import pandas as pd
+    from cleanloop.labeling.records import read_queue
 
     wd = rnd.workdir
-    queue = pd.read_parquet(wd.review_queue)
+    queue = read_queue(wd.review_queue)
     emb = np.load(wd.queue_embeddings) if wd.queue_embeddings.exists() and len(queue) else None
     return queue, emb
 

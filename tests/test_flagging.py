@@ -5,7 +5,7 @@ import pytest
 from cleanlab.filter import find_label_issues
 
 from cleanloop.errors import CleanloopError
-from cleanloop.labeling.records import queue_frame, queue_items
+from cleanloop.labeling.records import queue_frame, queue_items, read_queue
 from cleanloop.loops import flag, signals
 from cleanloop.loops.flag import confident_examples, review_queue, scores_table, signal_table
 from cleanloop.loops.oof import oof_logreg
@@ -187,3 +187,20 @@ def test_a_new_signal_is_one_registration(data):
         del signals.SIGNALS["test_top_gap"]
     with pytest.raises(CleanloopError, match=r"suspicion weights name signals that were not computed: \['loss_x'\]"):
         signal_table(noisy, probs, weights={"loss_x": 1.0})
+
+
+def test_read_queue_says_what_is_wrong_with_a_queue_file(tmp_path):
+    import pandas as pd
+
+    good = queue_frame(queue_items(pd.DataFrame({"id": ["a"], "text": ["t"], "suggested_label": ["joy"],
+                                                 "suggested_score": [0.9]})))
+    good.to_parquet(tmp_path / "q.parquet")
+    assert read_queue(tmp_path / "q.parquet")["id"].tolist() == ["a"]
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(CleanloopError, match=r"cannot read the review queue .*broken.parquet.*fix: make it again"):
+        read_queue(tmp_path / "broken.parquet")
+    good.drop(columns="suggested_label").to_parquet(tmp_path / "old.parquet")
+    with pytest.raises(CleanloopError, match=r"old.parquet: column 'suggested_label' is missing"):
+        read_queue(tmp_path / "old.parquet")
+    with pytest.raises(CleanloopError, match="no review queue at .*fix: run 'cleanloop flag' first"):
+        read_queue(tmp_path / "none.parquet")

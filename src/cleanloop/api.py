@@ -345,19 +345,15 @@ def push(cfg: Config, *, home: str | Path | None = None, round: int | None = Non
     ``cfg.review_wave = 0`` sends the whole queue and returns. home: the embedded server's home,
     for its owner API key (default WORKDIR/argilla; ARGILLA_API_KEY wins).
     """
-    import pandas as pd
-
     from cleanloop.identity import load_workdir_data
     from cleanloop.labeling import argilla_io as aio
+    from cleanloop.labeling.records import read_queue
     from cleanloop.loops.retrain import embed_queue
     from cleanloop.loops.review import reviewed_ids, wait_for_reviews, wave_pusher
 
     wd = Workdir.of(cfg)
-    path = Path(queue) if queue else wd.review_queue
-    if not path.exists():
-        raise CleanloopError(f"no review queue at {path}; fix: run 'cleanloop flag' first or pass --queue")
+    frame = read_queue(Path(queue) if queue else wd.review_queue)
     with _writing(cfg, "push"):
-        frame = pd.read_parquet(path)
         rnd = round if round is not None else wd.latest_version() + 1
         train_ds = load_workdir_data(cfg)["train"]
         emb = embed_queue(cfg, train_ds, frame)
