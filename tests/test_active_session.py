@@ -133,7 +133,7 @@ def test_session_from_zero_labels_queues_ahead_and_goes_through_the_journal(tmp_
     pool = online.load_pool(cfg)
     emb, anchors = online.embed(cfg, pool.ids, pool.texts), online.label_anchors(cfg, NAMES)
     gold = dict(zip(pool.ids, truth))
-    annotator = Annotator(argilla_server, "session-label", gold, pause=0.25)
+    annotator = Annotator(argilla_server, "session-label", gold, pause=0.6)  # time to queue ahead on a busy CI machine
     opts = ActiveOptions(strategy="margin", batch_size=4, max_labels=12, poll_seconds=0.2, idle_timeout=60)
     seen = []
     annotator.start()
