@@ -268,3 +268,18 @@ def test_with_stable_ids_only_a_changed_text_is_refused(tmp_path):
     df.assign(text=["good", "fine", "bad", "terrible"]).to_csv(tmp_path / "d.csv", index=False)
     with pytest.raises(CleanloopError, match="1 with another text.*k4"):
         check_source(cfg, load(cfg))
+
+
+def test_rows_that_only_moved_keep_their_ids(tmp_path):
+    df = pd.DataFrame({"text": ["good", "fine", "bad", "awful", "good"], "label": ["pos", "pos", "neg", "neg", "pos"]})
+    df.to_csv(tmp_path / "d.csv", index=False)
+    cfg = Config(dataset=str(tmp_path / "d.csv"), workdir=str(tmp_path / "work"))
+    first = check_source(cfg, load(cfg))["train"]
+    was = {i: t for i, t in zip(first["id"], first["text"])}
+    df.iloc[[3, 4, 0, 2, 1]].to_csv(tmp_path / "d.csv", index=False)  # the user sorted the file
+    moved = check_source(cfg, load(cfg))["train"]
+    assert moved["text"] == ["awful", "good", "good", "bad", "fine"] and moved.column_names == first.column_names
+    assert {i: t for i, t in zip(moved["id"], moved["text"])} == was and sorted(moved["id"]) == sorted(first["id"])
+    df.iloc[[3, 4, 0, 2, 1]].assign(label=["neg", "neg", "pos", "neg", "pos"]).to_csv(tmp_path / "d.csv", index=False)
+    with pytest.raises(CleanloopError, match="another"):  # moved and relabelled: no longer the same examples
+        check_source(cfg, load(cfg))

@@ -7,19 +7,23 @@ between push and pull, two workdirs sharing one Argilla dataset, a Hub copy that
 
 A workdir records what its data was (:attr:`Workdir.source <cleanloop.workdir.Workdir.source>`:
 per split, each id's fingerprint and label, hashed); loading other data into it is an error that
-says what changed.
+says what changed. Rows that only moved (the same texts with the same labels, in another order)
+keep the ids they had: each is found again by its fingerprint.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 from cleanloop.config import Config
 from cleanloop.errors import CleanloopError
 from cleanloop.workdir import Workdir
 
 __all__ = ["check_source", "example_fingerprint", "fingerprints", "load_workdir_data"]
+
+log = logging.getLogger("cleanloop")
 
 
 def example_fingerprint(split: str, text: str) -> str:
@@ -69,29 +73,56 @@ def _changes(old: dict, new: dict) -> list[str]:
     return out
 
 
-def check_source(cfg: Config, dd, workdir: Workdir | None = None) -> None:
-    """Record the data's fingerprint in a new workdir (default ``Workdir.of(cfg)``); in a used one,
-    raise if the data changed.
+def _rekeyed(dd, old: dict):
+    """``dd`` with every example under the id its text had in ``old``, when each split holds the same
+    (text, label) pairs as before in another order (copies matched in order); else None."""
+    import datasets
 
-    With positional ids (no ``id_column``) any change is an error: ids no longer name the same
-    texts. With an ``id_column`` only an id whose text changed is.
+    out = {}
+    for split, ds in dd.items():
+        if split not in old or len(ds) != old[split]["examples"]:
+            return None
+        before: dict[tuple[str, int], list[str]] = {}
+        for (i, fp), label in zip(old[split]["examples_by_id"].items(), old[split]["labels"]):
+            before.setdefault((fp, label), []).append(i)
+        ids = []
+        for text, label in zip(ds["text"], ds["label"]):
+            same = before.get((example_fingerprint(split, text), label))
+            if not same:
+                return None
+            ids.append(same.pop(0))
+        out[split] = ds.remove_columns("id").add_column("id", ids).select_columns(ds.column_names)
+    return datasets.DatasetDict(out)
+
+
+def check_source(cfg: Config, dd, workdir: Workdir | None = None):
+    """Record the data's fingerprint in a new workdir (default ``Workdir.of(cfg)``); in a used one,
+    raise if the data changed. Returns the data to use: ``dd``, or ``dd`` under its earlier ids
+    when its rows only moved.
+
+    With positional ids (no ``id_column``) any other change is an error: ids no longer name the
+    same texts. With an ``id_column`` only an id whose text changed is.
     """
     wd = workdir or Workdir.of(cfg)
     path = wd.source
     new = _describe(dd)
     if not path.exists():
         wd.write_json(path, {"dataset": cfg.dataset, "id_column": cfg.id_column, "splits": new}, indent=None)
-        return
+        return dd
     try:
         old = json.loads(path.read_text())["splits"]
     except (OSError, ValueError, KeyError) as exc:
         raise CleanloopError(f"{path} is not a cleanloop source record ({exc}); fix: use a new --workdir") from None
     if all(old.get(s, {}).get("hash") == new[s]["hash"] for s in new) and set(old) == set(new):
-        return
+        return dd
     changes = _changes(old, new)
     if cfg.id_column and not any("another text" in c for c in changes):
         wd.write_json(path, {"dataset": cfg.dataset, "id_column": cfg.id_column, "splits": new}, indent=None)
-        return
+        return dd
+    moved = None if cfg.id_column or set(old) != set(new) else _rekeyed(dd, old)
+    if moved is not None:
+        log.info("the rows of %s moved: each example keeps the id its text had in %s", cfg.dataset, wd.root)
+        return moved
     raise CleanloopError(
         f"the data {cfg.dataset} is not the data workdir {wd.root} was made on ({'; '.join(changes[:3])}); "
         "its journal and reviews name examples by id, so they would land on other texts; fix: use a new --workdir "
@@ -104,6 +135,4 @@ def load_workdir_data(cfg: Config, workdir: Workdir | None = None):
     ``Workdir.of(cfg)``; see :func:`check_source`)."""
     from cleanloop.model.data import load_data
 
-    dd = load_data(cfg)
-    check_source(cfg, dd, workdir)
-    return dd
+    return check_source(cfg, load_data(cfg), workdir)
