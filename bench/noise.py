@@ -107,10 +107,13 @@ def area_under_margin(ev: signals.Evidence) -> np.ndarray:
 
 
 def evaluate_path(noisy: np.ndarray, probs: np.ndarray, is_error: np.ndarray, seconds: float,
-                  epoch_probs: np.ndarray | None = None, extra: dict | None = None) -> dict:
-    """Every signal of one path, plus the flagged set's precision and recall."""
+                  epoch_probs: np.ndarray | None = None, extra: dict | None = None,
+                  embeddings: np.ndarray | None = None) -> dict:
+    """Every signal of one path, plus the flagged set's precision and recall. With ``embeddings`` (the
+    judging model's own) ``suspicion`` is the product's, neighbour vote included, and
+    ``suspicion_probs_only`` the same without it."""
     t0 = time.perf_counter()
-    table = signal_table(noisy, probs, epoch_probs=epoch_probs)
+    table = signal_table(noisy, probs, epoch_probs=epoch_probs, embeddings=embeddings)
     seconds += time.perf_counter() - t0
     flagged = table["is_issue"].to_numpy()
     flag = {
@@ -124,6 +127,9 @@ def evaluate_path(noisy: np.ndarray, probs: np.ndarray, is_error: np.ndarray, se
     scores["noise_aware"] = 1 - table["noise_aware"].to_numpy()
     scores["loss"] = table["loss"].to_numpy()
     scores["suspicion"] = table["suspicion"].to_numpy()
+    if embeddings is not None:
+        scores["model_neighbour_agreement"] = 1 - table["model_neighbour_agreement"].to_numpy()
+        scores["suspicion_probs_only"] = signal_table(noisy, probs)["suspicion"].to_numpy()
     if epoch_probs is not None:
         aum = table["area_under_margin"].to_numpy()
         scores["area_under_margin"] = -aum
@@ -199,7 +205,8 @@ def main() -> None:
             else:
                 metrics = json.loads((ClassifierTrainer(cfg).train(noisy_dd).output_dir / "metrics.json").read_text())
             run = metrics["run"]
-            epoch_probs = np.load(out / "dynamics.npz")["probs"].astype(np.float64)
+            dyn = np.load(out / "dynamics.npz")
+            epoch_probs = dyn["probs"].astype(np.float64)
             probs = signals.dynamics_probs(epoch_probs)
             # what flagging costs on top of a training run without the per-epoch record
             plain = run["train_seconds"] - run["dynamics_seconds"]
@@ -210,6 +217,7 @@ def main() -> None:
                 extra={"last_epoch_suspicion": last,
                        "suspicion_and_features": (2 * signal_table(noisy, probs)["suspicion"].to_numpy()
                                                   + 1 - feature_quality) / 3},
+                embeddings=dyn["embeddings"] if "embeddings" in dyn.files else None,
             )
             # --dynamics-epochs k records only the last k epoch ends: each record is one pass over train
             per_pass = run["dynamics_seconds"] / len(epoch_probs)
@@ -345,23 +353,24 @@ def run_small(base: Config, settings: list[str], seeds: list[int], args) -> None
             epoch_probs.append(np.load(out / "dynamics.npz")["probs"].astype(np.float64))
         res["runs"] = runs
         plain = runs[0]["train_seconds"] - runs[0]["dynamics_seconds"]
-        pred = Predictor.load(Path(f"{args.workdir}/{setting}-seed{seeds[0]}") / "model", max_length=base.max_length)
-        tuned = nb.nearest_neighbours(pred.predict_arrays(list(dd["train"]["text"]), base.eval_batch_size)["embeddings"], 10)
-        agree = {"frozen": frozen_agree, "finetuned": nb.neighbour_agreement(noisy, tuned)}
+        first = np.load(Path(f"{args.workdir}/{setting}-seed{seeds[0]}") / "model" / "dynamics.npz")
+        if "embeddings" in first.files:  # recorded by the run, as the product reads them
+            tuned = first["embeddings"]
+        else:  # a run of an older version (--reuse): embed with its saved model
+            pred = Predictor.load(Path(f"{args.workdir}/{setting}-seed{seeds[0]}") / "model", max_length=base.max_length)
+            tuned = pred.predict_arrays(list(dd["train"]["text"]), base.eval_batch_size)["embeddings"]
         for k in range(1, len(seeds) + 1):
             probs = signals.dynamics_probs(np.concatenate(epoch_probs[:k]))
-            susp = signal_table(noisy, probs)["suspicion"].to_numpy()
-            extra = {f"neighbours_{n}": 1 - a for n, a in agree.items()}
-            extra |= {f"suspicion_and_neighbours_{n}": (2 * susp + 1 - a) / 3 for n, a in agree.items()}
             cost = sum(r["train_seconds"] for r in runs[:k]) / plain
             res[f"dynamics_{k}_seeds"] = evaluate_path(noisy, probs, is_error, sum(r["dynamics_seconds"] for r in runs[:k]),
-                                                       np.concatenate(epoch_probs[:k]), extra=extra)
+                                                       np.concatenate(epoch_probs[:k]),
+                                                       extra={"neighbours_frozen": 1 - frozen_agree}, embeddings=tuned)
             res[f"dynamics_{k}_seeds"]["cost_vs_one_plain_training"] = round(cost, 3)
-            s = res[f"dynamics_{k}_seeds"]["suspicion"]
-            print(f"{setting:<28} {k} seed(s): suspicion AP {s['ap']:.3f}, flagged precision {s['flag_precision']:.3f} "
-                  f"recall {s['flag_recall']:.3f}; neighbours (fine-tuned) AP "
-                  f"{res[f'dynamics_{k}_seeds']['neighbours_finetuned']['ap']:.3f}; mixed "
-                  f"{res[f'dynamics_{k}_seeds']['suspicion_and_neighbours_finetuned']['ap']:.3f}; cost {cost:.2f}x")
+            r = res[f"dynamics_{k}_seeds"]
+            print(f"{setting:<28} {k} seed(s): suspicion AP {r['suspicion']['ap']:.3f} (probabilities only "
+                  f"{r['suspicion_probs_only']['ap']:.3f}), flagged precision {r['suspicion']['flag_precision']:.3f} "
+                  f"recall {r['suspicion']['flag_recall']:.3f}; neighbours (fine-tuned) AP "
+                  f"{r['model_neighbour_agreement']['ap']:.3f}; cost {cost:.2f}x")
         update_results(args.results, {"settings": {setting: res}, "injected": {setting: int(is_error.sum())}})
 
 

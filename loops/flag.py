@@ -22,7 +22,7 @@ REASONS = ("cleanlab", "duplicate", "near_duplicate", "outlier")
 CONFLICT_PRIORITY = 0.5  # a group of copies with two labels: at least one label is wrong
 
 
-def suspicion_weights(structure: float) -> dict[str, float]:
+def suspicion_weights(structure: float, neighbours: bool = False) -> dict[str, float]:
     """The suspicion score's weights for a noise structure in [0, 1] (:func:`signals.noise_structure`).
 
     Chosen on bench/noise.py (figures: bench/results/noise.json and the README). With patterned
@@ -30,9 +30,16 @@ def suspicion_weights(structure: float) -> dict[str, float]:
     self-confidence (= loss order) trails; with uniform errors self-confidence leads and the other
     two trail a little. So: the noise-aware posterior always
     (its noise matrix shrunk toward uniform by the same structure), plus normalized margin as
-    far as the errors show a pattern and self-confidence for the rest.
+    far as the errors show a pattern and self-confidence for the rest. With ``neighbours`` (the
+    judging model's embeddings are known) the neighbour vote in that representation,
+    ``model_neighbour_agreement``, weighs a third of the whole: on the 3,000-example settings it
+    lifted AP by 0.08-0.19 over the probabilities alone.
+
+    >>> suspicion_weights(0.0, neighbours=True)
+    {'noise_aware': 1.0, 'normalized_margin': 0.0, 'self_confidence': 1.0, 'model_neighbour_agreement': 1.0}
     """
-    return {"noise_aware": 1.0, "normalized_margin": structure, "self_confidence": 1.0 - structure}
+    weights = {"noise_aware": 1.0, "normalized_margin": structure, "self_confidence": 1.0 - structure}
+    return weights | ({"model_neighbour_agreement": 1.0} if neighbours else {})
 
 
 def signal_table(
@@ -42,6 +49,7 @@ def signal_table(
     weights: dict[str, float] | None = None,
     *,
     epoch_probs: np.ndarray | None = None,
+    embeddings: np.ndarray | None = None,
     names: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Every signal for N examples, one column each, and their ``suspicion``.
@@ -49,7 +57,8 @@ def signal_table(
     labels: (N,) given labels. pred_probs: (N, C) probabilities from models that
     did not train on each example's label (out-of-fold), or averaged over the
     epochs of one training run (training dynamics). epoch_probs: (E, N, C) those epochs, for
-    the signals that need training dynamics. names: the signals to compute (default: every
+    the signals that need training dynamics. embeddings: (N, D) the judging model's own embeddings
+    of the examples, for the neighbour vote. names: the signals to compute (default: every
     signal of :data:`signals.SIGNALS` the inputs allow, see :func:`signals.compute`), checked once.
     Columns: the signals (the three cleanlab label-quality scores and ``noise_aware``, lower =
     worse; ``loss``, higher = worse; ``is_issue``, cleanlab's confident-learning mask with
@@ -57,10 +66,10 @@ def signal_table(
     :func:`suspicion_weights` of the estimated noise structure). ``table.attrs["noise_structure"]``
     holds that structure.
     """
-    evidence = signals.Evidence.check(labels, pred_probs, epoch_probs=epoch_probs)
+    evidence = signals.Evidence.check(labels, pred_probs, epoch_probs=epoch_probs, embeddings=embeddings)
     table = signals.compute(evidence, names, filter_by=filter_by)
     table.attrs["noise_structure"] = evidence.structure
-    weights = weights or suspicion_weights(evidence.structure)
+    weights = weights or suspicion_weights(evidence.structure, "model_neighbour_agreement" in table)
     missing = [k for k in weights if k not in table]
     if missing:
         raise CleanloopError(f"suspicion weights name signals that were not computed: {missing}; "

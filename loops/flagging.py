@@ -46,10 +46,10 @@ def flag_examples(cfg: Config, train_ds, max_review: int, skip_ids: Iterable[str
     names = train_ds.features["label"].names
     labels = np.asarray(train_ds["label"])
     wd = workdir or Workdir.of(cfg)
-    probs, embeddings, source = judging_probs(cfg, train_ds, wd)
-    checks, features = example_checks(cfg, train_ds, embeddings)
-    scores = scores_table(list(train_ds["id"]), list(train_ds["text"]), labels, probs, names,
-                          signal_table(labels, probs, cfg.filter_by), checks)
+    judged = judging_probs(cfg, train_ds, wd)
+    checks, features = example_checks(cfg, train_ds, judged.features)
+    scores = scores_table(list(train_ds["id"]), list(train_ds["text"]), labels, judged.probs, names,
+                          signal_table(labels, judged.probs, cfg.filter_by, embeddings=judged.representation), checks)
     queue = review_queue(scores, max_review, skip_ids)
     if folder is None:
         folder, scores_file, queue_file = wd.flags, wd.flag_scores, wd.review_queue
@@ -58,4 +58,4 @@ def flag_examples(cfg: Config, train_ds, max_review: int, skip_ids: Iterable[str
         scores_file, queue_file = folder / wd.flag_scores.name, folder / wd.review_queue.name
     write_parquet_atomic(scores, scores_file)
     write_parquet_atomic(queue, queue_file)
-    return Flags(scores, queue, features if embeddings is None else embeddings, source, folder)
+    return Flags(scores, queue, judged.features if features is None else features, judged.source, folder)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,23 @@ from cleanloop.errors import CleanloopError, WeakModelError
 from cleanloop.workdir import Workdir
 
 log = logging.getLogger("cleanloop")
+SMALL_DATA = 5000  # train examples under which several runs' dynamics judge by default (dynamics_runs = 0)
 
 
-def judging_probs(cfg: Config, train_ds, workdir: Workdir | None = None) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """Probabilities that judge the train labels, the embeddings if they come for free, and a description.
+@dataclass
+class Judgement:
+    """What judges the train labels: probabilities (N, C), the frozen encoder's features (N, D) when
+    they were computed on the way (the checks reuse them), the judging model's own embeddings (N, D)
+    when it recorded them (the neighbour vote), and a description of the source."""
+
+    probs: np.ndarray
+    features: np.ndarray | None
+    representation: np.ndarray | None
+    source: str
+
+
+def judging_probs(cfg: Config, train_ds, workdir: Workdir | None = None) -> Judgement:
+    """The :class:`Judgement` of the train labels as ``cfg.flag_source`` says.
 
     workdir (default ``Workdir.of(cfg)``): whose model's dynamics judge, where the out-of-fold models
     train and the caches are.
@@ -46,12 +60,19 @@ def judging_probs(cfg: Config, train_ds, workdir: Workdir | None = None) -> tupl
                 f"{path} was recorded on another version of the train split (ids or labels differ); "
                 "fix: run 'cleanloop train' on this data first"
             )
-        source = f"training dynamics of {path.parent} ({len(dyn['probs'])} epoch records)"
         metrics = json.loads((path.parent / "metrics.json").read_text()) if (path.parent / "metrics.json").exists() else {}
         split = next((s for s in ("validation", "test") if s in metrics), None)
         if split:
             check_model(cfg, np.asarray(metrics[split]["confusion_matrix"]), labels, f"{split} ({path.parent})")
-        return dynamics_probs(dyn["probs"]), None, source
+        runs = dynamics_runs(cfg, len(labels))
+        records = [dyn["probs"]] + [_seed_dynamics(cfg, train_ds, wd, cfg.seed + i, (len(labels), len(names)))
+                                    for i in range(1, runs)]
+        source = f"training dynamics of {path.parent} ({len(dyn['probs'])} epoch records)"
+        if runs > 1:
+            source += (f" and of {runs - 1} more run(s) with seeds {', '.join(str(cfg.seed + i) for i in range(1, runs))}"
+                       + (f" (auto: the train split has under {SMALL_DATA:,} examples)" if not cfg.dynamics_runs else ""))
+        representation = dyn["embeddings"] if "embeddings" in dyn.files else None  # older runs did not record them
+        return Judgement(dynamics_probs(np.concatenate(records)), None, representation, source)
     cache = wd.cached(f"oof-{cfg.method}-{cfg.folds}", _version_key(cfg, train_ds))
     probs = _load_cache(cache, (len(labels), len(names)))
     feats = extract_features(cfg, train_ds, wd) if cfg.method == "features" else None
@@ -65,7 +86,48 @@ def judging_probs(cfg: Config, train_ds, workdir: Workdir | None = None) -> tupl
 
     check_model(cfg, confusion_matrix(labels, probs.argmax(1), labels=range(len(names))), labels,
                 f"held-out folds of train ({cfg.folds}-fold {cfg.method})")
-    return probs, feats, f"{cfg.folds}-fold out-of-fold {cfg.method}"
+    return Judgement(probs, feats, None, f"{cfg.folds}-fold out-of-fold {cfg.method}")
+
+
+def dynamics_runs(cfg: Config, n_examples: int) -> int:
+    """How many training runs' dynamics judge ``n_examples`` labels: ``cfg.dynamics_runs``, or when it is 0
+    (auto) 3 on small data (under :data:`SMALL_DATA` examples) and 1 otherwise.
+
+    Averaging the epoch records of several seeds steadies a weak model's judgement: on 3,000 emotion
+    tweets with 10% injected errors, 3 runs lifted AP from 0.46-0.74 to 0.59-0.78 (bench/noise.py);
+    each run costs one training run, which is small there (about 3 minutes on 2 CPU cores).
+
+    >>> dynamics_runs(Config(), 3000), dynamics_runs(Config(), 16000), dynamics_runs(Config(dynamics_runs=2), 16000)
+    (3, 1, 2)
+    """
+    return cfg.dynamics_runs or (3 if n_examples < SMALL_DATA else 1)
+
+
+def _seed_dynamics(cfg: Config, train_ds, wd: Workdir, seed: int, shape: tuple[int, int]) -> np.ndarray:
+    """The epoch records (E, N, C) of one more training run on ``train_ds`` with ``seed`` (cached per data
+    version and settings; the run's model folder is removed once its record is cached)."""
+    import shutil
+
+    import datasets
+
+    from cleanloop.model.train import ClassifierTrainer
+
+    cache = wd.cached(f"dynamics-seed{seed}", _version_key(cfg, train_ds))
+    if cache.exists():
+        try:
+            records = np.load(cache)
+            if records.ndim == 3 and records.shape[1:] == shape:
+                return records
+        except (ValueError, OSError, EOFError) as exc:
+            log.warning("dynamics cache %s is unreadable (%s): training again", cache, exc)
+    log.info("judging with one more training run (seed %d) on %s examples", seed, f"{shape[0]:,}")
+    out = wd.dynamics_run(seed)
+    ClassifierTrainer(cfg.replace(seed=seed, method="finetune", record_dynamics=True), workdir=wd).train(
+        datasets.DatasetDict({"train": train_ds}), out)
+    records = np.load(out / "dynamics.npz")["probs"]
+    wd.save_npy(cache, records)  # atomic: a kill never leaves half a cache
+    shutil.rmtree(out, ignore_errors=True)
+    return records
 
 
 def _load_cache(path: Path, shape: tuple[int, int]) -> np.ndarray | None:

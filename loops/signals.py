@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from cleanloop.errors import CleanloopError
+from cleanloop.loops import neighbours as nb
 
 QUALITY_METHODS = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
 FILTER_BY = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
@@ -351,4 +352,13 @@ def _is_issue(ev: Evidence, filter_by: str = "prune_by_noise_rate") -> np.ndarra
     if filter_by not in FILTER_BY:
         raise CleanloopError(f"unknown filter_by {filter_by!r}; fix: use one of {', '.join(FILTER_BY)}")
     return _find_issues(ev.labels, ev.probs, filter_by)
+
+
+@signal("model_neighbour_agreement", needs=(EMBEDDINGS,), quality=True, options=("k",))
+def _model_neighbour_agreement(ev: Evidence, k: int = 10) -> np.ndarray:
+    """Share of the ``k`` nearest neighbours in the judging model's own representation
+    (``ev.embeddings``) that carry the given label, in [0, 1], lower = worse: the labels of texts the
+    model sees as alike vote, in the spirit of SimiFeat. Kept apart from the frozen-encoder
+    ``neighbour_agreement`` check: on frozen sentence embeddings the vote is weak (bench/noise.py)."""
+    return nb.neighbour_agreement(ev.labels, nb.nearest_neighbours(ev.embeddings, k))
 

@@ -4,7 +4,7 @@
 ``DatasetDict`` (columns id, text, label) and writes, in one folder:
 the model (and tokenizer), ``metrics.json`` (validation and test), confusion
 matrix PNGs, a model card ``README.md`` and, for fine-tuning, ``dynamics.npz``
-(each train example's probabilities at every epoch end, for flagging).
+(each train example's probabilities at every epoch end and its last embeddings, for flagging).
 """
 
 from __future__ import annotations
@@ -120,7 +120,9 @@ def _weighted_loss(cfg: Config, labels: np.ndarray, n_classes: int):
 
 def _dynamics_recorder(cfg: Config, tok, texts: list[str], precision: str):
     """A TrainerCallback recording every train example's probabilities at each epoch end (training
-    dynamics; with ``dynamics_epochs`` = k, at the last k epoch ends only): ``.probs``, ``.seconds``."""
+    dynamics; with ``dynamics_epochs`` = k, at the last k epoch ends only): ``.probs``, ``.seconds``,
+    and the model's own sentence embeddings of the train texts at the latest epoch end, from the same
+    pass (``.embeddings``: the representation the neighbour-label signal votes in)."""
     from transformers import TrainerCallback
 
     epoch_ends = math.ceil(cfg.epochs)  # a fractional last epoch ends too
@@ -128,16 +130,17 @@ def _dynamics_recorder(cfg: Config, tok, texts: list[str], precision: str):
 
     class DynamicsCallback(TrainerCallback):
         def __init__(self):
-            self.ends, self.probs, self.seconds = 0, [], 0.0
+            self.ends, self.probs, self.seconds, self.embeddings = 0, [], 0.0, None
 
         def on_epoch_end(self, args, state, control, model=None, **kw):
             self.ends += 1
             if self.ends <= skip_ends:
                 return
             t0 = time.perf_counter()
-            probs = forward_batches(model, tok, texts, classifier_step, cfg.eval_batch_size, cfg.max_length,
-                                    precision=precision)["probs"]
-            self.probs.append(probs.astype(np.float32))
+            out = forward_batches(model, tok, texts, classifier_step, cfg.eval_batch_size, cfg.max_length,
+                                  precision=precision)
+            self.probs.append(out["probs"].astype(np.float32))
+            self.embeddings = out["embeddings"].astype(np.float16)
             self.seconds += time.perf_counter() - t0
 
     return DynamicsCallback()
@@ -251,6 +254,7 @@ class ClassifierTrainer:
                 ids=np.asarray(dd["train"]["id"]),
                 labels=np.asarray(dd["train"]["label"]),
                 probs=np.stack(dynamics),
+                embeddings=recorder.embeddings,
             )
         self._write(tmp, metrics, info, names)
         shutil.rmtree(self.workdir.checkpoints, ignore_errors=True)

@@ -133,8 +133,8 @@ def test_unknown_filter_by_is_rejected():
 
 
 def test_every_registered_signal_is_a_named_column_and_checks_run_once(data):
-    _, _, noisy, flipped, probs = data
-    ev = signals.Evidence.check(noisy, probs)
+    X, _, noisy, flipped, probs = data
+    ev = signals.Evidence.check(noisy, probs, embeddings=X)
     table = signals.compute(ev)
     assert list(table.columns) == [s.name for s in signals.SIGNALS.values() if all(ev.has(n) for n in s.needs)]
     for s in signals.SIGNALS.values():
@@ -204,3 +204,24 @@ def test_read_queue_says_what_is_wrong_with_a_queue_file(tmp_path):
         read_queue(tmp_path / "old.parquet")
     with pytest.raises(CleanloopError, match="no review queue at .*fix: run 'cleanloop flag' first"):
         read_queue(tmp_path / "none.parquet")
+
+
+def test_neighbour_vote_in_the_models_representation_joins_suspicion():
+    """Probabilities of a weak judge (mostly uninformative) and a representation in which the
+    classes are apart: the neighbour vote finds the flipped labels the probabilities alone miss."""
+    X, y, noisy, flipped = blobs(seed=3)
+    rng = np.random.default_rng(3)
+    weak = rng.dirichlet(np.ones(3), size=len(y)) * 0.8 + 0.2 * np.eye(3)[noisy]  # leans to the given label
+    alone = signal_table(noisy, weak)
+    with_vote = signal_table(noisy, weak, embeddings=X)
+    assert "model_neighbour_agreement" not in alone and "model_neighbour_agreement" in with_vote
+    agree = with_vote["model_neighbour_agreement"].to_numpy()
+    assert agree[flipped].max() < np.delete(agree, flipped).min()  # every flipped label outvoted by its neighbours
+
+    def hits(table):
+        return len(set(np.argsort(-table["suspicion"].to_numpy())[: len(flipped)]) & set(flipped))
+
+    assert hits(with_vote) > hits(alone)
+    assert with_vote["suspicion"].between(0, 1).all()
+    with pytest.raises(CleanloopError, match="embeddings of shape"):
+        signal_table(noisy, weak, embeddings=X[:-1])

@@ -44,6 +44,7 @@ def test_finetune_saves_model_metrics_card_and_dynamics(trained):
     assert len(metrics["test"]["confusion_matrix"]) == 6
     dyn = np.load(out / "dynamics.npz")
     assert dyn["probs"].shape == (2, 192, 6)  # one record per epoch
+    assert dyn["embeddings"].shape == (192, 384)  # the model's own, for the neighbour vote
     assert list(dyn["ids"][:2]) == ["train-00000", "train-00001"]
     assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in (out / "README.md").read_text()
     assert not (out.parent / "checkpoints").exists()
@@ -151,6 +152,22 @@ def test_cli_flag_from_training_dynamics_writes_scores_queue_and_report(trained)
     assert "checks:" in res.output and "outliers" in res.output
     report = (out / "report.md").read_text()
     assert "Top 20 suspects" in report and (out / "flag_matrix.png").exists() and (out / "embedding_map.png").exists()
+    # small data: two more seeds' dynamics judge too (auto), said in the output and the report; the
+    # model's own embeddings vote; the extra runs are cached, their model folders gone
+    said = "2 more run(s) with seeds 43, 44 (auto: the train split has under 5,000 examples)"
+    assert said in res.output and said in report
+    assert scores["model_neighbour_agreement"].between(0, 1).all()
+    cache = Path(cfg.workdir) / "cache"
+    assert len(list(cache.glob("dynamics-seed43-*.npy"))) == 1 and len(list(cache.glob("dynamics-seed44-*.npy"))) == 1
+    assert not (Path(cfg.workdir) / "dynamics" / "seed-43").exists()
+    again = runner.invoke(app, ["flag", "--dataset", cfg.dataset, "--workdir", cfg.workdir, "--max-review", "10",
+                                "--min-gain-over-baseline", "0", "--no-map"])
+    assert again.exit_code == 0, again.output
+    assert pd.read_parquet(out / "scores.parquet")["suspicion"].tolist() == scores["suspicion"].tolist()  # from the cache
+    one = runner.invoke(app, ["flag", "--dataset", cfg.dataset, "--workdir", cfg.workdir, "--max-review", "10",
+                              "--min-gain-over-baseline", "0", "--no-map", "--dynamics-runs", "1"])
+    assert one.exit_code == 0, one.output
+    assert "more run" not in one.output
 
 
 def test_cli_flag_refuses_dynamics_of_another_train_set(trained, tmp_path):

@@ -251,9 +251,16 @@ class FlaggingOptions(Options):
         metadata={"help": "Near-duplicates: cosine distance below this x the median nearest-neighbour distance "
                           "(cleanlab Datalab's rule; 0: exact duplicates only)."},
     )
+    dynamics_runs: int = field(
+        default=0,
+        metadata={"help": "Training runs whose dynamics judge the labels (--flag-source dynamics): the trained model's "
+                          "and N-1 more with other seeds, averaged. 0: auto, 3 under 5,000 train examples, else 1."},
+    )
 
     def check(self) -> None:
         self.one_of("flag_source", ("dynamics", "oof"))
+        if self.dynamics_runs < 0:
+            raise self.bad("dynamics_runs", "0 (auto) or more")
         if self.folds < 2:
             raise self.bad("folds", "2 or more")
         if self.filter_by not in _filters():

@@ -106,6 +106,10 @@ class Workdir:
         """The model folder of out-of-fold fine-tune ``k``."""
         return self.root / "oof" / f"fold-{k}"
 
+    def dynamics_run(self, seed: int) -> Path:
+        """The model folder of an extra training run whose dynamics judge the labels (``dynamics/seed-N``)."""
+        return self.root / "dynamics" / f"seed-{seed}"
+
     @property
     def tune(self) -> Path:
         return self.root / "tune"
