@@ -102,7 +102,8 @@ def test_ensemble_folder_loads_as_one_model_with_averaged_probabilities(tiny_emo
     # score and flag take the ensemble folder like a single model
     res = runner.invoke(app, ["score", *data, "--split", "validation"])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["flag", *data, "--no-map", "--max-review", "5", "--min-gain-over-baseline", "0"])
+    res = runner.invoke(app, ["flag", *data, "--no-map", "--max-review", "5", "--min-gain-over-baseline", "0",
+                              "--dynamics-runs", "1"])
     assert res.exit_code == 0, res.output
     assert "training dynamics" in res.output and "(2 epoch records)" in res.output
 

@@ -256,11 +256,18 @@ class FlaggingOptions(Options):
         metadata={"help": "Training runs whose dynamics judge the labels (--flag-source dynamics): the trained model's "
                           "and N-1 more with other seeds, averaged. 0: auto, 3 under 5,000 train examples, else 1."},
     )
+    judge_min_examples: int = field(
+        default=24000,
+        metadata={"help": "The extra judging runs (--dynamics-runs) train enough epochs to see at least this many "
+                          "examples (8 epochs on 3,000), at least --epochs."},
+    )
 
     def check(self) -> None:
         self.one_of("flag_source", ("dynamics", "oof"))
         if self.dynamics_runs < 0:
             raise self.bad("dynamics_runs", "0 (auto) or more")
+        if self.judge_min_examples < 0:
+            raise self.bad("judge_min_examples", "0 or more")
         if self.folds < 2:
             raise self.bad("folds", "2 or more")
         if self.filter_by not in _filters():
