@@ -371,7 +371,9 @@ def run_small(base: Config, settings: list[str], seeds: list[int], args) -> None
                   f"{r['suspicion_probs_only']['ap']:.3f}), flagged precision {r['suspicion']['flag_precision']:.3f} "
                   f"recall {r['suspicion']['flag_recall']:.3f}; neighbours (fine-tuned) AP "
                   f"{r['model_neighbour_agreement']['ap']:.3f}; cost {cost:.2f}x")
-        update_results(args.results, {"settings": {setting: res}, "injected": {setting: int(is_error.sum())}})
+        key = setting if args.epochs == 3 else f"{setting}-{args.epochs:g}-epochs"  # 3: the settings' recipe
+        res["epochs"] = args.epochs
+        update_results(args.results, {"settings": {key: res}, "injected": {setting: int(is_error.sum())}})
 
 
 def _with_labels(ds, labels: np.ndarray):

@@ -122,13 +122,9 @@ def _seed_dynamics(cfg: Config, train_ds, wd: Workdir, seed: int, shape: tuple[i
     from cleanloop.model.train import ClassifierTrainer
 
     cache = wd.cached(f"dynamics-seed{seed}", _version_key(cfg, train_ds))
-    if cache.exists():
-        try:
-            records = np.load(cache)
-            if records.ndim == 3 and records.shape[1:] == shape:
-                return records
-        except (ValueError, OSError, EOFError) as exc:
-            log.warning("dynamics cache %s is unreadable (%s): training again", cache, exc)
+    records = _load_cache(cache, shape, ndim=3)
+    if records is not None:
+        return records
     epochs = finetune_epochs(shape[0], cfg.epochs, cfg.judge_min_examples)
     log.info("judging with one more training run (seed %d, %.3g epochs) on %s examples", seed, epochs, f"{shape[0]:,}")
     out = wd.dynamics_run(seed)
@@ -140,16 +136,17 @@ def _seed_dynamics(cfg: Config, train_ds, wd: Workdir, seed: int, shape: tuple[i
     return records
 
 
-def _load_cache(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
-    """The cached array, or None when there is none or it is unreadable or of another shape (then it is redone)."""
+def _load_cache(path: Path, shape: tuple[int, ...], ndim: int = 2) -> np.ndarray | None:
+    """The cached array of ``ndim`` dimensions ending in ``shape``, or None when there is none or it is
+    unreadable or of another shape (then it is redone)."""
     if not path.exists():
         return None
     try:
-        probs = np.load(path)
+        array = np.load(path)
     except (ValueError, OSError, EOFError) as exc:
-        log.warning("out-of-fold cache %s is unreadable (%s): computing it again", path, exc)
+        log.warning("cache %s is unreadable (%s): computing it again", path, exc)
         return None
-    return probs if probs.shape == shape else None
+    return array if array.ndim == ndim and array.shape[ndim - len(shape):] == shape else None
 
 
 def check_model(cfg: Config, confusion: np.ndarray, train_labels: np.ndarray, where: str) -> None:
@@ -181,7 +178,7 @@ def _version_key(cfg: Config, ds) -> str:
     """A key for this dataset version and these training settings (cache of out-of-fold scores)."""
     import hashlib
 
-    h = hashlib.sha1(json.dumps({k: v for k, v in cfg.to_flat_dict().items() if k not in ("workdir", "max_review")},
+    h = hashlib.sha1(json.dumps({k: v for k, v in cfg.to_flat_dict().items() if k not in ("workdir", "max_review", "dynamics_runs")},
                                 sort_keys=True).encode())
     for i, label in zip(ds["id"], ds["label"]):
         h.update(f"{i}\0{label}\0".encode())
