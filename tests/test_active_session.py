@@ -220,13 +220,14 @@ def test_a_background_fine_tune_runs_while_batches_are_queued_and_swaps_in_after
     train, truth = topic_pool(tmp_path)
     train[["text"]].to_csv(tmp_path / "pool.csv", index=False)
     cfg = Config(dataset=str(tmp_path / "pool.csv"), label_names=NAMES, workdir=str(tmp_path / "work"), seed=0,
-                 epochs=1, argilla_url=argilla_server.url, argilla_workspace="cleanloop", argilla_dataset="background")
+                 epochs=1, batch_size=16, argilla_url=argilla_server.url, argilla_workspace="cleanloop",
+                 argilla_dataset="background")
     pool = online.load_pool(cfg)
     emb, anchors = online.embed(cfg, pool.ids, pool.texts), online.label_anchors(cfg, NAMES)
     gold = dict(zip(pool.ids, truth))
     # the first fine-tune at 8 labels; the next one as soon as the first is done (at least 12 labels)
     opts = ActiveOptions(strategy="margin", batch_size=4, poll_seconds=0.2, idle_timeout=60, finetune_after=8,
-                         finetune_growth=0.5, finetune_holdout=0.25, min_train_examples=300)
+                         finetune_growth=0.5, finetune_holdout=0.25, min_train_examples=160)
     models = []
 
     def on_batch(info, head):
