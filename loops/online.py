@@ -632,7 +632,8 @@ def session_summary(workdir: Workdir) -> dict | None:
     path = workdir.session
     if not path.exists() or not workdir.journal.exists():
         return None
-    batches = json.loads(path.read_text())["batches"]
+    state = json.loads(path.read_text())
+    batches = state["batches"]
     with Journal(workdir.journal) as journal:
         decided = {i: d.new_label for i, d in journal.current().items() if d.action in ("corrected", "confirmed")}
         votes = journal.votes()
@@ -645,10 +646,14 @@ def session_summary(workdir: Workdir) -> dict | None:
         if kept:
             curve.append(f"{b['model_labels']} labels: {np.mean(kept):.0%}")
     strategies = list(dict.fromkeys(b["strategy"] for b in batches))
+    finetunes = [f"on {f['train']} labels: held-out accuracy {f['finetuned_accuracy']:.0%} vs {f['light_accuracy']:.0%}, "
+                 + ("swapped in" if f["swapped"] else "kept the light head")
+                 for f in state.get("finetunes", []) if f["status"] in ("swapped", "kept")]
     return {"Labelled by active learning": f"{len(decided):,} examples in {len(batches)} batches",
             "Annotators": ", ".join(f"{a} ({n:,} answers)" for a, n in sorted(by.items())) or "none",
             "Strategy": " then ".join(strategies),
-            "Learning curve (suggestions kept per batch, by labels the model had seen)": "; ".join(curve) or "none"}
+            "Learning curve (suggestions kept per batch, by labels the model had seen)": "; ".join(curve) or "none",
+            "Background fine-tunes": "; ".join(finetunes) or "none"}
 
 
 def labelled_only(version):

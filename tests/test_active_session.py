@@ -266,6 +266,8 @@ def test_a_background_fine_tune_runs_while_batches_are_queued_and_swaps_in_after
     assert not awd.finetune("running").root.exists()
     accepted = awd.finetune("accepted")
     assert np.load(accepted.pool_embeddings).shape == emb.shape and accepted.finetune_info.exists()
+    assert online.session_summary(awd)["Background fine-tunes"].startswith("on 6 labels: held-out accuracy ")
+    assert online.session_summary(awd)["Background fine-tunes"].endswith("swapped in")
     # a resumed session starts on the accepted fine-tune
     caplog.clear()
     with caplog.at_level(logging.INFO, "cleanloop.active"):
