@@ -459,6 +459,9 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
     connected = lazy_client(cfg, home, client)
     rng = np.random.default_rng([cfg.seed, len(done_before)])
     finetunes: list[dict] = previous.get("finetunes", [])
+    for f in finetunes:
+        if f["status"] == "running":  # the session that started it was killed
+            f["status"] = "stopped"
 
     def make_head(anchors_: np.ndarray, encoder_: Encoder | None = None) -> LightHead:
         return LightHead(anchors_, C=opts.C, temperature=opts.temperature, anchor_weight=opts.anchor_weight,
