@@ -19,13 +19,23 @@ Measured, per strategy and seed (batches of ``--batch``, up to ``--max-labels`` 
   picked that batch had seen, in batches (goal: at most one);
 * labels to reach each ``--targets`` test accuracy (median over seeds, min-max), against random;
 * zero-shot accuracy of the cold-start suggestions (label names; the config's label descriptions),
-  and the same head trained on all 16,000 gold labels (the ceiling of the light head).
+  and the same head trained on all 16,000 gold labels (the ceiling of the light head);
+* the background fine-tune (``--finetune-after`` labels, again each ``--finetune-growth``; 0: off):
+  per strategy and seed, each fine-tune (labels, seconds, held-out accuracy of both heads, swapped or
+  not) and when one first swapped in. The fine-tune also embeds the test split, so the curve scores
+  the head that picked each batch in its own space (``finetuned-logreg@N`` after a swap).
 
-    python bench/active.py                                   # 4 strategies x 3 seeds, ~25 min on 2 CPU cores
+    python bench/active.py --finetune-after 0                # the light head alone, 4 strategies x 3 seeds, ~25 min on 2 CPU cores
     python bench/active.py --strategies random,margin --seeds 0 --max-labels 60 --output /tmp/active.json  # smoke
 
-Writes bench/results/active.json and active.png. The pool and test embeddings are computed once and
-cached under --workdir (not committed).
+With the background fine-tune (its figures: bench/results/active_background.json, a reduced run on
+2 CPU cores; the command there in "settings"), the full run wants a GPU, where each fine-tune (10,000
+examples seen, then the 16,000 + 2,000 texts embedded) takes about a minute:
+
+    python bench/active.py --device cuda --answer-seconds 1.0 --max-labels 1000 --output bench/results/active_background.json
+
+Writes bench/results/active.json (or --output) and its .png. The pool and test embeddings are computed
+once and cached under --workdir (not committed).
 """
 
 from __future__ import annotations

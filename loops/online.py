@@ -297,11 +297,16 @@ class BackgroundFinetune:
             self.proc = subprocess.Popen([sys.executable, "-m", "cleanloop.loops.online"], stdin=subprocess.PIPE,
                                          stdout=logf, stderr=subprocess.STDOUT)
         import pickle
+        import threading
 
+        # the child reads its job once its imports are done: a thread waits for that, not the session
+        threading.Thread(target=self._send, args=(pickle.dumps(job),), daemon=True).start()
+
+    def _send(self, data: bytes) -> None:
         try:
-            self.proc.stdin.write(pickle.dumps(job))
+            self.proc.stdin.write(data)
             self.proc.stdin.close()
-        except BrokenPipeError:  # it died at once: finished() reports it, with its log
+        except (BrokenPipeError, ValueError):  # it died (or was stopped) first: finished() reports it, with its log
             pass
 
     def finished(self) -> bool:
