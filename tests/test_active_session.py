@@ -253,26 +253,28 @@ def test_a_background_fine_tune_runs_while_batches_are_queued_and_swaps_in_after
     during = [b for b in batches if first["started_at"] < b.pushed_at < first["finished_at"]]
     assert len(during) >= 1 and all(b.model == "logreg" for b in during)
     # the check: both heads on the labels held out of the snapshot, and the verdict follows the figures
-    assert (first["labels"], first["held_out"], first["train"]) == (8, 2, 6) and first["against"] == "frozen"
+    n = first["train"]  # 6 of the first 8 labels (a slow poll may bring one more)
+    assert first["labels"] >= 8 and first["held_out"] == round(0.25 * first["labels"]) == first["labels"] - n
+    assert first["against"] == "frozen"
     assert first["status"] == "swapped" and first["swapped"]
     assert (first["finetuned_accuracy"], -first["finetuned_log_loss"]) > (first["light_accuracy"], -first["light_log_loss"])
-    assert "background fine-tune 1 on 6 labels" in caplog.text and "swapped in" in caplog.text
+    assert f"background fine-tune 1 on {n} labels" in caplog.text and "swapped in" in caplog.text
     # the batches after the swap were picked by the light head on the fine-tuned embeddings, and say so
     after = [b for b in batches if b.pushed_at > first["finished_at"]]
-    assert len(after) >= 2 and all(b.model == "finetuned-logreg@6" for b in after)
+    assert len(after) >= 2 and all(b.model == f"finetuned-logreg@{n}" for b in after)
     assert all(b.model in ("zero-shot", "logreg") for b in batches if b.pushed_at < first["finished_at"])
     # the stop ended the second fine-tune: nothing of it is left; the accepted one is whole
-    assert second["status"] == "stopped" and second["labels"] >= 12 and second["against"] == "finetuned@6"
+    assert second["status"] == "stopped" and second["labels"] >= 12 and second["against"] == f"finetuned@{n}"
     assert not awd.finetune("running").root.exists()
     accepted = awd.finetune("accepted")
     assert np.load(accepted.pool_embeddings).shape == emb.shape and accepted.finetune_info.exists()
-    assert online.session_summary(awd)["Background fine-tunes"].startswith("on 6 labels: held-out accuracy ")
+    assert online.session_summary(awd)["Background fine-tunes"].startswith(f"on {n} labels: held-out accuracy ")
     assert online.session_summary(awd)["Background fine-tunes"].endswith("swapped in")
     # a resumed session starts on the accepted fine-tune
     caplog.clear()
     with caplog.at_level(logging.INFO, "cleanloop.active"):
         online.run_session(cfg, opts, pool=pool, embeddings=emb, anchors=anchors, should_stop=lambda: True)
-    assert "resuming on the accepted fine-tune (finetuned@6)" in caplog.text
+    assert f"resuming on the accepted fine-tune (finetuned@{n})" in caplog.text
 
 
 def test_cli_says_what_is_missing_for_a_text_only_pool(tmp_path):
