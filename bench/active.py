@@ -229,7 +229,7 @@ def summarise(runs: dict, targets: list[float]) -> dict:
                      "final_accuracy_median": float(np.median(finals)), "final_accuracy_min": min(finals),
                      "final_accuracy_max": max(finals),
                      "finetunes": {s: [{k: f.get(k) for k in ("train", "held_out", "status", "started_at", "seconds",
-                                                              "light_accuracy", "finetuned_accuracy")}
+                                                              "light_accuracy", "finetuned_accuracy", "classifier_accuracy")}
                                        for f in r.get("finetunes", [])] for s, r in seeds.items()},
                      "first_swap": {s: first_swap(r) for s, r in seeds.items()},
                      **timing([b for r in seeds.values() for b in r["batches"]])}

@@ -287,7 +287,8 @@ class BackgroundFinetune:
         self.started_at = started_at
         self.t0 = time.monotonic()
         shutil.rmtree(folder.root, ignore_errors=True)
-        folder.root.mkdir(parents=True, mode=0o700)
+        folder.root.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder.root.mkdir(mode=0o700)
         job = {"cfg": cfg, "min_examples": opts.min_train_examples, "folder": folder, "names": pool.names,
                "texts": [pool.texts[i] for i in train], "labels": labels[train],
                "pool_texts": pool.texts, "anchor_texts": anchor_texts(cfg, pool.names), "eval_texts": list(eval_texts),
@@ -519,7 +520,9 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
                 return
             candidate = Encoder.load(job.folder)
             check = held_out_check(encoder, candidate, job.labels, job.train, job.check, make_head)
+            own = np.load(job.folder.pool_probs)[job.check].argmax(1)  # the fine-tuned classifier itself, for the record
             record.update(check, status="swapped" if check["swapped"] else "kept",
+                          classifier_accuracy=round(float((own == job.labels[job.check]).mean()), 4),
                           train_seconds=json.loads(job.folder.finetune_info.read_text())["train_seconds"])
             verdict = "swapped in" if check["swapped"] else f"kept the {encoder.name} head"
             log.info("background fine-tune %d on %d labels (%.0f s): held-out accuracy %.3f vs %.3f for the %s head "
