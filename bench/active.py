@@ -28,11 +28,17 @@ Measured, per strategy and seed (batches of ``--batch``, up to ``--max-labels`` 
     python bench/active.py --finetune-after 0                # the light head alone, 4 strategies x 3 seeds, ~25 min on 2 CPU cores
     python bench/active.py --strategies random,margin --seeds 0 --max-labels 60 --output /tmp/active.json  # smoke
 
-With the background fine-tune (its figures: bench/results/active_background.json, a reduced run on
-2 CPU cores; the command there in "settings"), the full run wants a GPU, where each fine-tune (10,000
-examples seen, then the 16,000 + 2,000 texts embedded) takes about a minute:
+With the background fine-tune on (the default), a run wants a GPU: on 2 CPU cores one fine-tune of
+1,000 examples plus embedding 4,000 texts takes about 3 minutes, so the committed figures are a reduced run
+(bench/results/active_background.json; its settings are in the file):
 
-    python bench/active.py --device cuda --answer-seconds 1.0 --max-labels 1000 --output bench/results/active_background.json
+    python bench/active.py --strategies random,margin --seeds 0 --pool-size 2000 --max-labels 300 \
+        --answer-seconds 3.0 --min-train-examples 1000 --output bench/results/active_background.json   # ~32 min, 2 CPUs
+
+The full run (16,000-tweet pool, 4 strategies x 3 seeds, fine-tunes of 10,000 examples, up to 1,500 labels;
+about 80 minutes on one GPU: the simulated annotator's pace sets it, each fine-tune takes well under a minute):
+
+    python bench/active.py --device cuda --max-labels 1500 --output bench/results/active_background.json
 
 Writes bench/results/active.json (or --output) and its .png. The pool and test embeddings are computed
 once and cached under --workdir (not committed).
