@@ -225,8 +225,8 @@ class Encoder:
         """The encoder a finished background fine-tune wrote in ``folder`` (:meth:`Workdir.finetune`)."""
         info = json.loads(folder.finetune_info.read_text())
         extra = np.load(folder.eval_embeddings) if folder.eval_embeddings.exists() else None
-        return cls(np.load(folder.pool_embeddings), np.load(folder.label_anchors), f"finetuned@{len(info['train_ids'])}",
-                   frozenset(info["train_ids"]), extra)
+        return cls(np.load(folder.pool_embeddings), np.load(folder.label_anchors),
+                   f"finetuned@{len(info['train_ids'])}", frozenset(info["train_ids"]), extra)
 
 
 def held_out_check(current: Encoder, candidate: Encoder, labels: np.ndarray, train: np.ndarray, check: np.ndarray,
@@ -237,8 +237,11 @@ def held_out_check(current: Encoder, candidate: Encoder, labels: np.ndarray, tra
     :class:`LightHead`. Returns held-out accuracy and log loss of each, and ``swapped``: the candidate is
     better (higher accuracy; on a tie, lower log loss).
 
-    >>> y = np.array([0, 1, 0, 1]); good = Encoder(np.eye(2)[y], np.eye(2)); bad = Encoder(np.eye(2)[[0, 0, 1, 1]], np.eye(2))
-    >>> held_out_check(bad, good, y, np.array([0, 1]), np.array([2, 3]), lambda a: LightHead(a, anchor_weight=1))["swapped"]
+    >>> y = np.array([0, 1, 0, 1])
+    >>> good, bad = Encoder(np.eye(2)[y], np.eye(2)), Encoder(np.eye(2)[[0, 0, 1, 1]], np.eye(2))
+    >>> def head(anchors):
+    ...     return LightHead(anchors, anchor_weight=1)
+    >>> held_out_check(bad, good, y, np.array([0, 1]), np.array([2, 3]), head)["swapped"]
     True
     """
     out = {}
@@ -248,7 +251,8 @@ def held_out_check(current: Encoder, candidate: Encoder, labels: np.ndarray, tra
         y = labels[check]
         out[f"{key}_accuracy"] = round(float((p.argmax(1) == y).mean()), 4)
         out[f"{key}_log_loss"] = round(float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1)).mean()), 4)
-    out["swapped"] = (out["finetuned_accuracy"], -out["finetuned_log_loss"]) > (out["light_accuracy"], -out["light_log_loss"])
+    out["swapped"] = ((out["finetuned_accuracy"], -out["finetuned_log_loss"]) >
+                      (out["light_accuracy"], -out["light_log_loss"]))
     return out
 
 
@@ -279,7 +283,8 @@ class BackgroundFinetune:
     """
 
     def __init__(self, number: int, folder: Workdir, cfg: Config, opts: ActiveOptions, pool: PoolData,
-                 labels: np.ndarray, train: np.ndarray, check: np.ndarray, eval_texts: Sequence[str], started_at: float):
+                 labels: np.ndarray, train: np.ndarray, check: np.ndarray, eval_texts: Sequence[str],
+                 started_at: float):
         import subprocess
         import sys
 
@@ -361,9 +366,9 @@ def _finetune_job(job: dict) -> None:
     out = learner.predictor.predict_arrays(job["pool_texts"], batch)
     folder.save_npy(folder.pool_embeddings, unit(out["embeddings"]))
     folder.save_npy(folder.pool_probs, np.asarray(out["probs"], dtype=np.float32))
-    folder.save_npy(folder.label_anchors, unit(learner.predictor.predict_arrays(job["anchor_texts"], batch)["embeddings"]))
-    if job["eval_texts"]:
-        folder.save_npy(folder.eval_embeddings, unit(learner.predictor.predict_arrays(job["eval_texts"], batch)["embeddings"]))
+    for path, texts in ((folder.label_anchors, job["anchor_texts"]), (folder.eval_embeddings, job["eval_texts"])):
+        if texts:
+            folder.save_npy(path, unit(learner.predictor.predict_arrays(texts, batch)["embeddings"]))
     folder.write_json(folder.finetune_info, job["info"] | {"train_seconds": round(train_seconds, 1),
                                                             "seconds": round(time.perf_counter() - t0, 1)})
 
@@ -378,7 +383,7 @@ class BatchInfo:
     batch: int
     strategy: str
     ids: list[str]
-    model: str  # "zero-shot", "logreg" or "finetuned-logreg@<labels>" (the light head on a background fine-tune's embeddings)
+    model: str  # "zero-shot", "logreg" or "finetuned-logreg@<labels>" (on a background fine-tune's embeddings)
     model_labels: int  # labels the model that picked it had seen
     labels_at_push: int  # labels answered when it was queued
     pushed_at: float  # seconds since the session started
@@ -520,7 +525,7 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
                 return
             candidate = Encoder.load(job.folder)
             check = held_out_check(encoder, candidate, job.labels, job.train, job.check, make_head)
-            own = np.load(job.folder.pool_probs)[job.check].argmax(1)  # the fine-tuned classifier itself, for the record
+            own = np.load(job.folder.pool_probs)[job.check].argmax(1)  # the fine-tuned classifier itself (recorded)
             record.update(check, status="swapped" if check["swapped"] else "kept",
                           classifier_accuracy=round(float((own == job.labels[job.check]).mean()), 4),
                           train_seconds=json.loads(job.folder.finetune_info.read_text())["train_seconds"])
@@ -657,8 +662,8 @@ def session_summary(workdir: Workdir) -> dict | None:
         if kept:
             curve.append(f"{b['model_labels']} labels: {np.mean(kept):.0%}")
     strategies = list(dict.fromkeys(b["strategy"] for b in batches))
-    finetunes = [f"on {f['train']} labels: held-out accuracy {f['finetuned_accuracy']:.0%} vs {f['light_accuracy']:.0%}, "
-                 + ("swapped in" if f["swapped"] else "kept the light head")
+    finetunes = [f"on {f['train']} labels: held-out accuracy {f['finetuned_accuracy']:.0%} vs "
+                 f"{f['light_accuracy']:.0%}, " + ("swapped in" if f["swapped"] else "kept the light head")
                  for f in state.get("finetunes", []) if f["status"] in ("swapped", "kept")]
     return {"Labelled by active learning": f"{len(decided):,} examples in {len(batches)} batches",
             "Annotators": ", ".join(f"{a} ({n:,} answers)" for a, n in sorted(by.items())) or "none",
