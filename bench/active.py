@@ -19,13 +19,29 @@ Measured, per strategy and seed (batches of ``--batch``, up to ``--max-labels`` 
   picked that batch had seen, in batches (goal: at most one);
 * labels to reach each ``--targets`` test accuracy (median over seeds, min-max), against random;
 * zero-shot accuracy of the cold-start suggestions (label names; the config's label descriptions),
-  and the same head trained on all 16,000 gold labels (the ceiling of the light head).
+  and the same head trained on all 16,000 gold labels (the ceiling of the light head);
+* the background fine-tune (``--finetune-after`` labels, again each ``--finetune-growth``; 0: off):
+  per strategy and seed, each fine-tune (labels, seconds, held-out accuracy of both heads, swapped or
+  not) and when one first swapped in. The fine-tune also embeds the test split, so the curve scores
+  the head that picked each batch in its own space (``finetuned-logreg@N`` after a swap).
 
-    python bench/active.py                                   # 4 strategies x 3 seeds, ~25 min on 2 CPU cores
+    python bench/active.py --finetune-after 0                # the light head alone, 4 strategies x 3 seeds, ~25 min on 2 CPU cores
     python bench/active.py --strategies random,margin --seeds 0 --max-labels 60 --output /tmp/active.json  # smoke
 
-Writes bench/results/active.json and active.png. The pool and test embeddings are computed once and
-cached under --workdir (not committed).
+With the background fine-tune on (the default), a run wants a GPU: on 2 CPU cores one fine-tune of
+1,000 examples plus embedding 4,000 texts takes about 3 minutes, so the committed figures are a reduced run
+(bench/results/active_background.json; its settings are in the file):
+
+    python bench/active.py --strategies random,margin --seeds 0 --pool-size 2000 --max-labels 300 \
+        --answer-seconds 3.0 --min-train-examples 1000 --output bench/results/active_background.json   # ~32 min, 2 CPUs
+
+The full run (16,000-tweet pool, 4 strategies x 3 seeds, fine-tunes of 10,000 examples, up to 1,500 labels;
+about 80 minutes on one GPU: the simulated annotator's pace sets it, each fine-tune takes well under a minute):
+
+    python bench/active.py --device cuda --max-labels 1500 --output bench/results/active_background.json
+
+Writes bench/results/active.json (or --output) and its .png. The pool and test embeddings are computed
+once and cached under --workdir (not committed).
 """
 
 from __future__ import annotations
@@ -50,6 +66,7 @@ from cleanloop.config import ActiveOptions, Config, load_config  # noqa: E402
 from cleanloop.labeling.embedded import credentials, down, up  # noqa: E402
 from cleanloop.loops import online  # noqa: E402
 from cleanloop.model.data import load_data, stratified_sample  # noqa: E402
+from cleanloop.workdir import Workdir  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "emotion.toml"
 
@@ -116,21 +133,24 @@ def run_one(strategy: str, seed: int, data: dict, args, cfg: Config, home: Path,
     run_cfg = cfg.replace(workdir=str(folder), seed=seed,
                           argilla_dataset=f"bench-{strategy}-{seed}-{int(time.time())}")
     opts = ActiveOptions(strategy=strategy, batch_size=args.batch, max_labels=args.max_labels,
-                                 poll_seconds=args.poll_seconds, idle_timeout=120)
+                         poll_seconds=args.poll_seconds, idle_timeout=120, finetune_after=args.finetune_after,
+                         finetune_growth=args.finetune_growth, finetune_holdout=args.finetune_holdout,
+                         min_train_examples=args.min_train_examples)
     clock = time.monotonic
     annotator = Annotator(cfg.argilla_url, keys["annotator"], run_cfg.argilla_dataset + "-label", data["truth"],
                           args.answer_seconds, clock)
     curve = []
 
     def on_batch(info, head):
-        acc = float((head.predict_proba(data["test_emb"]).argmax(1) == data["test_labels"]).mean())
+        acc = float((head.predict_proba(test_embeddings(head.encoder, data)).argmax(1) == data["test_labels"]).mean())
         curve.append({"labels": info.model_labels, "test_accuracy": round(acc, 4), "model": info.model})
 
     start = clock()
     annotator.start()
     try:
         batches = online.run_session(run_cfg, opts, pool=data["pool"], embeddings=data["pool_emb"],
-                                     anchors=data["anchors"], home=home, on_batch=on_batch, clock=clock)
+                                     anchors=data["anchors"], home=home, on_batch=on_batch, clock=clock,
+                                     eval_texts=data["test_texts"] if args.finetune_after else ())
     finally:
         annotator.stop.set()
         annotator.join(timeout=30)
@@ -139,9 +159,15 @@ def run_one(strategy: str, seed: int, data: dict, args, cfg: Config, home: Path,
     gold = {i: lbl for i, lbl in zip(data["pool"].ids, data["gold"])}
     labelled = [ex for _, ex, _ in annotator.log]
     idx = [data["row"][ex] for ex in labelled]
-    head = online.LightHead(data["anchors"], seed=seed).fit(data["pool_emb"][idx], np.array([gold[ex] for ex in labelled]))
-    final_acc = float((head.predict_proba(data["test_emb"]).argmax(1) == data["test_labels"]).mean())
-    curve.append({"labels": len(labelled), "test_accuracy": round(final_acc, 4), "model": "logreg"})
+    awd = Workdir(folder).active()
+    accepted = awd.finetune("accepted")  # the head ends on the last fine-tune swapped in, if any
+    enc = online.Encoder.load(accepted) if accepted.finetune_info.exists() else \
+        online.Encoder(data["pool_emb"], data["anchors"])
+    head = online.LightHead(enc.anchors, seed=seed).fit(enc.embeddings[idx], np.array([gold[ex] for ex in labelled]))
+    final_acc = float((head.predict_proba(test_embeddings(enc, data)).argmax(1) == data["test_labels"]).mean())
+    final_model = "logreg" if enc.name == "frozen" else f"finetuned-logreg@{len(enc.trained_on)}"
+    curve.append({"labels": len(labelled), "test_accuracy": round(final_acc, 4), "model": final_model})
+    finetunes = json.loads(awd.session.read_text()).get("finetunes", [])
     # annotator-side timing and staleness, per batch
     last_answer, first_answer, answered_before = {}, {}, {}
     for n, (t, _, b) in enumerate(annotator.log):
@@ -159,10 +185,35 @@ def run_one(strategy: str, seed: int, data: dict, args, cfg: Config, home: Path,
                      "batches_behind": round(behind, 2), "pick_seconds": info.pick_seconds,
                      "seconds_to_next_batch": wait, "session_seconds_to_next_batch": info.seconds_to_next_batch})
     waits = [r["seconds_to_next_batch"] for r in rows if r["seconds_to_next_batch"] is not None]
+    swaps = [f"{f['train']} labels ({f['status']}, {f.get('seconds', 0):.0f} s)" for f in finetunes]
     print(f"  {strategy:10s} seed {seed}: {len(labelled)} labels in {clock() - start:.0f} s, accuracy "
           f"{curve[0]['test_accuracy']:.3f} -> {final_acc:.3f}; wait p95 {np.percentile(waits, 95) if waits else 0:.2f} s, "
-          f"max {max(r['batches_behind'] for r in rows):.2f} batches behind", flush=True)
-    return {"curve": curve, "batches": rows}
+          f"max {max(r['batches_behind'] for r in rows):.2f} batches behind; fine-tunes: {', '.join(swaps) or 'none'}",
+          flush=True)
+    return {"curve": curve, "batches": rows, "finetunes": finetunes}
+
+
+def test_embeddings(encoder, data: dict) -> np.ndarray:
+    """The test split in the space of the encoder a head sits on (the fine-tune embedded it alongside the pool)."""
+    return data["test_emb"] if encoder is None or encoder.eval_embeddings is None else encoder.eval_embeddings
+
+
+def first_swap(run: dict) -> dict | None:
+    """When a fine-tune first swapped in: labels it trained on, labels answered when its first batch was queued."""
+    f = next((f for f in run.get("finetunes", []) if f.get("status") == "swapped"), None)
+    if f is None:
+        return None
+    first = next((b for b in run["batches"] if b["model"].startswith("finetuned")), None)
+    return {"finetune": f["number"], "trained_on": f["train"], "labels_when_started": f["labels"],
+            "finished_at_seconds": f["finished_at"], "labels_at_first_batch": first and first["labels_at_push"]}
+
+
+def timing(rows: list[dict]) -> dict:
+    waits = [r["seconds_to_next_batch"] for r in rows if r["seconds_to_next_batch"] is not None]
+    return {"seconds_to_next_batch": {"p50": float(np.percentile(waits, 50)) if waits else None,
+                                      "p95": float(np.percentile(waits, 95)) if waits else None,
+                                      "max": max(waits) if waits else None, "batches": len(waits)},
+            "max_batches_behind": max(r["batches_behind"] for r in rows) if rows else None}
 
 
 def labels_to(curve: list[dict], target: float) -> int | None:
@@ -182,7 +233,12 @@ def summarise(runs: dict, targets: list[float]) -> dict:
         finals = [r["curve"][-1]["test_accuracy"] for r in seeds.values()]
         out[name] = {"labels_to_target": per, "final_labels": seeds[next(iter(seeds))]["curve"][-1]["labels"],
                      "final_accuracy_median": float(np.median(finals)), "final_accuracy_min": min(finals),
-                     "final_accuracy_max": max(finals)}
+                     "final_accuracy_max": max(finals),
+                     "finetunes": {s: [{k: f.get(k) for k in ("train", "held_out", "status", "started_at", "seconds",
+                                                              "light_accuracy", "finetuned_accuracy", "classifier_accuracy")}
+                                       for f in r.get("finetunes", [])] for s, r in seeds.items()},
+                     "first_swap": {s: first_swap(r) for s, r in seeds.items()},
+                     **timing([b for r in seeds.values() for b in r["batches"]])}
     return out
 
 
@@ -227,7 +283,7 @@ def load(args, cfg: Config) -> dict:
     assert (pool.labels == -1).all() and pool.names == names
     gold = train["label"].to_numpy()
     test = dd["test"]
-    return {"pool": pool, "gold": gold, "truth": {i: names[g] for i, g in zip(pool.ids, gold)},
+    return {"pool": pool, "gold": gold, "truth": {i: names[g] for i, g in zip(pool.ids, gold)}, "test_texts": test["text"],
             "row": {i: n for n, i in enumerate(pool.ids)},
             "pool_emb": online.embed(cfg, pool.ids, pool.texts), "test_emb": online.embed(cfg, test["id"], test["text"]),
             "test_labels": np.asarray(test["label"]), "anchors": online.label_anchors(cfg, names),
@@ -247,13 +303,21 @@ def main() -> None:
     ap.add_argument("--workdir", default=str(Path(__file__).resolve().parent / "out" / "active"))
     ap.add_argument("--output", default=str(RESULTS / "active.json"))
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                    help="Where the encoder runs (embedding): auto = a GPU when there is one.")
+                    help="Where the encoder runs (embedding, the background fine-tunes): auto = a GPU when there is one.")
+    ap.add_argument("--finetune-after", type=int, default=100,
+                    help="Labels before the first background fine-tune (0: none, the light head alone).")
+    ap.add_argument("--finetune-growth", type=float, default=0.5, help="Fine-tune again once the labels grew by this share.")
+    ap.add_argument("--finetune-holdout", type=float, default=0.2, help="Share of a fine-tune's labels held out for the check.")
+    ap.add_argument("--min-train-examples", type=int, default=10000,
+                    help="A fine-tune runs enough epochs to see this many examples (the session's default).")
+    ap.add_argument("--epochs", type=float, default=1.0, help="Fine-tune epochs at least (more on few labels: above).")
     args = ap.parse_args()
     use_device(args.device)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     work = Path(args.workdir).absolute()
     args.workdir = str(work)
-    cfg = load_config(CONFIG, workdir=str(work), argilla_url=f"http://127.0.0.1:{_free_port()}", argilla_workers=1)
+    cfg = load_config(CONFIG, workdir=str(work), argilla_url=f"http://127.0.0.1:{_free_port()}", argilla_workers=1,
+                      epochs=args.epochs)
     t0 = time.perf_counter()
     data = load(args, cfg)
     print(f"pool {len(data['pool'].ids):,}, test {len(data['test_labels']):,}; embedded in "
@@ -286,7 +350,6 @@ def main() -> None:
 def write(args, runs: dict, targets: list[float], extra: dict, t0: float) -> None:
     summary = summarise(runs, targets)
     batches = [r for seeds in runs.values() for run in seeds.values() for r in run["batches"]]
-    waits = [r["seconds_to_next_batch"] for r in batches if r["seconds_to_next_batch"] is not None]
     random_n = {t: summary.get("random", {}).get("labels_to_target", {}).get(f"{t:.2f}", {}).get("median") for t in targets}
     ratio = {name: {f"{t:.2f}": (round(s["labels_to_target"][f"{t:.2f}"]["median"] / random_n[t], 3)
                                  if random_n[t] and s["labels_to_target"][f"{t:.2f}"]["median"] else None)
@@ -297,13 +360,13 @@ def write(args, runs: dict, targets: list[float], extra: dict, t0: float) -> Non
         "light_head_all_labels_accuracy": round(extra["logreg_all_labels"], 4),
         "light_head_all_labels_fit_seconds": extra["logreg_all_labels_fit_seconds"],
         "summary": summary, "labels_vs_random": ratio,
-        "seconds_to_next_batch": {"p50": float(np.percentile(waits, 50)) if waits else None,
-                                  "p95": float(np.percentile(waits, 95)) if waits else None,
-                                  "max": max(waits) if waits else None, "batches": len(waits)},
-        "max_batches_behind": max(r["batches_behind"] for r in batches) if batches else None,
+        **timing(batches),
         "pick_seconds_p95": float(np.percentile([r["pick_seconds"] for r in batches], 95)) if batches else None,
         "settings": {k: v for k, v in vars(args).items() if k not in ("workdir", "output")} |
-                    {"pool": extra["pool"], "test": 2000, "learner": "LightHead (logistic regression on MiniLM embeddings)"},
+                    {"pool": extra["pool"], "test": 2000,
+                     "learner": "LightHead (logistic regression on MiniLM embeddings)" + (
+                         "; the encoder fine-tuned in the background and swapped in when better on held-out labels"
+                         if args.finetune_after else "")},
         "runs": runs, "seconds": round(time.perf_counter() - t0, 1), "machine": machine(),
     }
     out = Path(args.output)

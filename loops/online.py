@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -120,14 +122,28 @@ def embed(cfg: Config, ids: Sequence[str], texts: Sequence[str], workdir: Workdi
 
     feats = extract_features(cfg.replace(pooling="mean"), datasets.Dataset.from_dict({"id": list(ids), "text": list(texts)}),
                              workdir)
-    feats = np.asarray(feats, dtype=np.float32)
-    return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    return unit(feats)
+
+
+def anchor_texts(cfg: Config, names: Sequence[str]) -> list[str]:
+    """Each label's description (``cfg.label_descriptions``) or else its name.
+
+    >>> anchor_texts(Config(), ["no_emotion", "joy"])
+    ['no emotion', 'joy']
+    """
+    return list(cfg.label_descriptions) or [n.replace("_", " ") for n in names]
 
 
 def label_anchors(cfg: Config, names: Sequence[str]) -> np.ndarray:
-    """(C, D) embeddings of each label's description (``cfg.label_descriptions``) or else its name."""
-    texts = list(cfg.label_descriptions) or [n.replace("_", " ") for n in names]
+    """(C, D) embeddings of each label's :func:`anchor_texts`."""
+    texts = anchor_texts(cfg, names)
     return embed(cfg, [f"label-{i}" for i in range(len(texts))], texts)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def zero_shot_probs(embeddings: np.ndarray, anchors: np.ndarray, temperature: float = 0.05) -> np.ndarray:
@@ -156,8 +172,9 @@ class LightHead:
     """
 
     def __init__(self, anchors: np.ndarray, *, C: float = 1.0, temperature: float = 0.05, anchor_weight: float = 50.0,
-                 seed: int = 0):
+                 seed: int = 0, encoder: "Encoder | None" = None):
         self.anchors, self.C, self.temperature, self.anchor_weight, self.seed = anchors, C, temperature, anchor_weight, seed
+        self.encoder = encoder  # in a session: the embeddings it sits on (frozen, or a background fine-tune's)
         self.clf = None
         self.labels_seen = 0
 
@@ -185,6 +202,177 @@ class LightHead:
         return self.clf.predict_proba(embeddings)
 
 
+# --- the background fine-tune ----------------------------------------------------------------------------
+
+
+@dataclass
+class Encoder:
+    """What the light head sits on: one encoder's (N, D) unit-length embeddings of the pool and (C, D) label anchors.
+
+    name: ``frozen`` (the packaged encoder as it is) or ``finetuned@<labels>`` (a background fine-tune of it on
+    that many labels); trained_on: the ids of the labels it was fine-tuned on (none when frozen);
+    eval_embeddings: its embeddings of the session's ``eval_texts`` (None when frozen: the caller has those).
+    """
+
+    embeddings: np.ndarray
+    anchors: np.ndarray
+    name: str = "frozen"
+    trained_on: frozenset = frozenset()
+    eval_embeddings: np.ndarray | None = None
+
+    @classmethod
+    def load(cls, folder: Workdir) -> "Encoder":
+        """The encoder a finished background fine-tune wrote in ``folder`` (:meth:`Workdir.finetune`)."""
+        info = json.loads(folder.finetune_info.read_text())
+        extra = np.load(folder.eval_embeddings) if folder.eval_embeddings.exists() else None
+        return cls(np.load(folder.pool_embeddings), np.load(folder.label_anchors),
+                   f"finetuned@{len(info['train_ids'])}", frozenset(info["train_ids"]), extra)
+
+
+def held_out_check(current: Encoder, candidate: Encoder, labels: np.ndarray, train: np.ndarray, check: np.ndarray,
+                   make_head: Callable[[np.ndarray], LightHead]) -> dict:
+    """Fit the light head on the ``train`` rows with each encoder's embeddings and score both on the ``check`` rows.
+
+    labels (N,): label index per pool row; train, check: row indices (disjoint). make_head(anchors): a fresh
+    :class:`LightHead`. Returns held-out accuracy and log loss of each, and ``swapped``: the candidate is
+    better (higher accuracy; on a tie, lower log loss).
+
+    >>> y = np.array([0, 1, 0, 1])
+    >>> good, bad = Encoder(np.eye(2)[y], np.eye(2)), Encoder(np.eye(2)[[0, 0, 1, 1]], np.eye(2))
+    >>> def head(anchors):
+    ...     return LightHead(anchors, anchor_weight=1)
+    >>> held_out_check(bad, good, y, np.array([0, 1]), np.array([2, 3]), head)["swapped"]
+    True
+    """
+    out = {}
+    for key, enc in (("light", current), ("finetuned", candidate)):
+        head = make_head(enc.anchors).fit(enc.embeddings[train], labels[train])
+        p = head.predict_proba(enc.embeddings[check])
+        y = labels[check]
+        out[f"{key}_accuracy"] = round(float((p.argmax(1) == y).mean()), 4)
+        out[f"{key}_log_loss"] = round(float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1)).mean()), 4)
+    out["swapped"] = ((out["finetuned_accuracy"], -out["finetuned_log_loss"]) >
+                      (out["light_accuracy"], -out["light_log_loss"]))
+    return out
+
+
+def split_for_check(rows: np.ndarray, ids: Sequence[str], seen: frozenset, share: float,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(train, check) rows of a fine-tune's labelled ``rows``: ``share`` of them (at least one) held out for the
+    check, drawn among those the current encoder was not fine-tuned on (``seen``: their ids), so that neither
+    model trained on them.
+
+    >>> split_for_check(np.arange(10), [str(i) for i in range(10)], frozenset(map(str, range(8))), 0.2,
+    ...                 np.random.default_rng(0))[1].tolist()
+    [8, 9]
+    """
+    fresh = np.array([r for r in rows if ids[r] not in seen], dtype=np.int64)
+    n = min(len(fresh), max(1, round(share * len(rows))))
+    check = np.sort(rng.choice(fresh, size=n, replace=False)) if n else fresh
+    return np.setdiff1d(rows, check), check
+
+
+class BackgroundFinetune:
+    """One fine-tune of the encoder on a snapshot of the labels, in a child process at lower priority.
+
+    The child (``python -m cleanloop.loops.online``, the job pickled on its stdin) trains
+    :class:`~cleanloop.loops.active.FinetuneLearner` (the fine-tuned classifier of ``cleanloop train``, epochs by
+    :func:`~cleanloop.loops.active.finetune_epochs`) on the ``train`` rows, then writes the pool's embeddings and
+    probabilities, the label anchors and the ``eval_texts`` embeddings into ``folder``, and ``finetune.json``
+    last: a folder without it is unfinished. Its output goes to ``finetune.log`` there.
+    """
+
+    def __init__(self, number: int, folder: Workdir, cfg: Config, opts: ActiveOptions, pool: PoolData,
+                 labels: np.ndarray, train: np.ndarray, check: np.ndarray, eval_texts: Sequence[str],
+                 started_at: float):
+        import subprocess
+        import sys
+
+        self.number, self.folder, self.labels, self.train, self.check = number, folder, labels, train, check
+        self.started_at = started_at
+        self.t0 = time.monotonic()
+        shutil.rmtree(folder.root, ignore_errors=True)
+        folder.root.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder.root.mkdir(mode=0o700)
+        job = {"cfg": cfg, "min_examples": opts.min_train_examples, "folder": folder, "names": pool.names,
+               "texts": [pool.texts[i] for i in train], "labels": labels[train],
+               "pool_texts": pool.texts, "anchor_texts": anchor_texts(cfg, pool.names), "eval_texts": list(eval_texts),
+               "info": {"number": number, "train_ids": [pool.ids[i] for i in train],
+                        "check_ids": [pool.ids[i] for i in check]}}
+        with open(os.open(folder.finetune_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as logf:
+            self.proc = subprocess.Popen([sys.executable, "-m", "cleanloop.loops.online"], stdin=subprocess.PIPE,
+                                         stdout=logf, stderr=subprocess.STDOUT)
+        import pickle
+        import threading
+
+        # the child reads its job once its imports are done: a thread waits for that, not the session
+        threading.Thread(target=self._send, args=(pickle.dumps(job),), daemon=True).start()
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.close()
+        except (BrokenPipeError, ValueError):  # it died (or was stopped) first: finished() reports it, with its log
+            pass
+
+    def finished(self) -> bool:
+        return self.proc.poll() is not None
+
+    @property
+    def seconds(self) -> float:
+        return round(time.monotonic() - self.t0, 1)
+
+    def succeeded(self) -> bool:
+        return self.proc.returncode == 0 and self.folder.finetune_info.exists()
+
+    def last_log_line(self) -> str:
+        lines = self.folder.finetune_log.read_text(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"exit status {self.proc.returncode}"
+
+    def stop(self) -> None:
+        """Terminate the child (if still running) and remove its unfinished folder."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except Exception:  # noqa: BLE001  (it ignored SIGTERM)
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.folder.root, ignore_errors=True)
+
+
+def _finetune_job(job: dict) -> None:
+    """The child of :class:`BackgroundFinetune`: fine-tune, embed, write (``finetune.json`` last)."""
+    import threading
+
+    import torch
+
+    from cleanloop.loops.active import FinetuneLearner
+
+    os.nice(10)  # the annotator-facing session keeps the priority
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    parent = os.getppid()
+
+    def orphaned() -> None:  # the session was killed: stop rather than write into a folder nobody watches
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=orphaned, daemon=True).start()
+    cfg, folder, t0 = job["cfg"], job["folder"], time.perf_counter()
+    learner = FinetuneLearner(cfg, folder, job["min_examples"]).fit(job["texts"], job["labels"], job["names"])
+    train_seconds = time.perf_counter() - t0
+    batch = learner.cfg.eval_batch_size
+    out = learner.predictor.predict_arrays(job["pool_texts"], batch)
+    folder.save_npy(folder.pool_embeddings, unit(out["embeddings"]))
+    folder.save_npy(folder.pool_probs, np.asarray(out["probs"], dtype=np.float32))
+    for path, texts in ((folder.label_anchors, job["anchor_texts"]), (folder.eval_embeddings, job["eval_texts"])):
+        if texts:
+            folder.save_npy(path, unit(learner.predictor.predict_arrays(texts, batch)["embeddings"]))
+    folder.write_json(folder.finetune_info, job["info"] | {"train_seconds": round(train_seconds, 1),
+                                                            "seconds": round(time.perf_counter() - t0, 1)})
+
+
 # --- the session -----------------------------------------------------------------------------------------
 
 
@@ -195,7 +383,7 @@ class BatchInfo:
     batch: int
     strategy: str
     ids: list[str]
-    model: str  # "zero-shot" or "logreg"
+    model: str  # "zero-shot", "logreg" or "finetuned-logreg@<labels>" (on a background fine-tune's embeddings)
     model_labels: int  # labels the model that picked it had seen
     labels_at_push: int  # labels answered when it was queued
     pushed_at: float  # seconds since the session started
@@ -240,7 +428,8 @@ def pick_batch(strategy_name: str, head: LightHead, embeddings: np.ndarray, labe
 def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings: np.ndarray, anchors: np.ndarray,
                 client=None, home: str | Path | None = None, on_batch: Callable[[BatchInfo, LightHead], None] | None = None,
                 on_answers: Callable[[int, int], None] | None = None, should_stop: Callable[[], bool] | None = None,
-                clock: Callable[[], float] = time.monotonic, workdir: Workdir | None = None) -> list[BatchInfo]:
+                clock: Callable[[], float] = time.monotonic, workdir: Workdir | None = None,
+                eval_texts: Sequence[str] = ()) -> list[BatchInfo]:
     """Run a responsive session until ``max_labels``, the pool's end, ``idle_timeout`` or ``should_stop()``.
 
     pool, embeddings (N, D), anchors (C, D): from :func:`load_pool`, :func:`embed` and :func:`label_anchors`.
@@ -248,6 +437,21 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
     that brought answers. Returns the batches queued in this call. Resumable: the answers are in the
     journal, the batches in ``loop/session.json`` of the active-learning workdir (of ``workdir``, default
     ``Workdir.of(cfg)``); records pushed but unanswered stay pending.
+
+    The background fine-tune (``opts.finetune_after`` labels, then each time the labels grew by
+    ``opts.finetune_growth``): a snapshot of the labels fine-tunes the encoder in a child process
+    (:class:`BackgroundFinetune`) while the session goes on polling, refitting and queueing. When it is done,
+    :func:`held_out_check` compares it with the light model it would replace: both as the light head fitted
+    on the snapshot's training labels, scored on ``opts.finetune_holdout`` of the snapshot that neither
+    encoder trained on. A held-out share of the snapshot, rather than the answers that came in meanwhile:
+    those were picked by the current head as the ones it is least sure of (a check biased against it),
+    and few may come in; the held-out share is there the moment the fine-tune ends and is drawn like the
+    training labels. If the fine-tune wins, the light head moves onto its embeddings (and anchors) and is
+    refitted there on every answer from then on: the batches say ``finetuned-logreg@<labels>``; if not,
+    the current head stays. Each fine-tune is recorded in ``session.json`` (``finetunes``). The session's
+    end (any) terminates a running fine-tune and removes its folder; a resumed session starts from the
+    last accepted one (``loop/finetune/accepted``). eval_texts: texts the fine-tunes also embed (a labelled
+    test split, say), as ``head.encoder.eval_embeddings``, so a caller can score the head on them.
     """
     from cleanloop.labeling.journal import Journal
     from cleanloop.loops.active import LABEL_GUIDELINES, active_config
@@ -265,7 +469,27 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
     journal = Journal(awd.journal)
     connected = lazy_client(cfg, home, client)
     rng = np.random.default_rng([cfg.seed, len(done_before)])
-    head = LightHead(anchors, C=opts.C, temperature=opts.temperature, anchor_weight=opts.anchor_weight, seed=cfg.seed)
+    finetunes: list[dict] = previous.get("finetunes", [])
+    for f in finetunes:
+        if f["status"] == "running":  # the session that started it was killed
+            f["status"] = "stopped"
+
+    def make_head(anchors_: np.ndarray, encoder_: Encoder | None = None) -> LightHead:
+        return LightHead(anchors_, C=opts.C, temperature=opts.temperature, anchor_weight=opts.anchor_weight,
+                         seed=cfg.seed, encoder=encoder_)
+
+    encoder = Encoder(embeddings, anchors)
+    accepted = awd.finetune("accepted")
+    if accepted.finetune_info.exists():
+        ft = Encoder.load(accepted)
+        if ft.embeddings.shape[0] == len(pool.ids) and ft.trained_on <= set(pool.ids):
+            encoder = ft
+            log.info("resuming on the accepted fine-tune (%s)", ft.name)
+        else:
+            log.warning("%s was fine-tuned on another pool: starting from the frozen encoder", accepted.root)
+    shutil.rmtree(awd.finetune("running").root, ignore_errors=True)  # what a killed session's fine-tune left
+    running: BackgroundFinetune | None = None
+    head = make_head(encoder.anchors, encoder)
     start = clock()
     batches: list[BatchInfo] = []
     pending = np.zeros(len(pool.ids), dtype=bool)
@@ -283,7 +507,60 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
 
     def refit() -> None:
         lab = np.flatnonzero(labels >= 0)
-        head.fit(embeddings[lab], labels[lab])
+        head.fit(encoder.embeddings[lab], labels[lab])
+
+    def finetune_step() -> None:
+        """Start a background fine-tune when it is due; take in (or refuse) a finished one."""
+        nonlocal running, encoder, head
+        if running is not None:
+            if not running.finished():
+                return
+            job, running = running, None
+            record = finetunes[job.number - 1]
+            record.update(finished_at=round(clock() - start, 3), seconds=job.seconds)
+            if not job.succeeded():
+                record["status"] = "failed"
+                log.warning("background fine-tune %d failed (%s); its log: %s", job.number, job.last_log_line(),
+                            job.folder.finetune_log)
+                return
+            candidate = Encoder.load(job.folder)
+            check = held_out_check(encoder, candidate, job.labels, job.train, job.check, make_head)
+            own = np.load(job.folder.pool_probs)[job.check].argmax(1)  # the fine-tuned classifier itself (recorded)
+            record.update(check, status="swapped" if check["swapped"] else "kept",
+                          classifier_accuracy=round(float((own == job.labels[job.check]).mean()), 4),
+                          train_seconds=json.loads(job.folder.finetune_info.read_text())["train_seconds"])
+            verdict = "swapped in" if check["swapped"] else f"kept the {encoder.name} head"
+            log.info("background fine-tune %d on %d labels (%.0f s): held-out accuracy %.3f vs %.3f for the %s head "
+                     "on %d labels neither trained on: %s", job.number, len(job.train), job.seconds,
+                     check["finetuned_accuracy"], check["light_accuracy"], encoder.name, len(job.check), verdict)
+            if check["swapped"]:
+                from cleanloop.atomic import replace_folder
+
+                replace_folder(job.folder.root, accepted.root)
+                encoder = Encoder.load(accepted)
+                head = make_head(encoder.anchors, encoder)
+                refit()
+            else:
+                shutil.rmtree(job.folder.root, ignore_errors=True)
+            save()
+            return
+        n = int((labels >= 0).sum())
+        done = [f["labels"] for f in finetunes if f.get("status") != "stopped"]
+        if not opts.finetune_after or n < opts.finetune_after or (done and n < done[-1] * (1 + opts.finetune_growth)):
+            return
+        rows = np.flatnonzero(labels >= 0)
+        train, check = split_for_check(rows, pool.ids, encoder.trained_on, opts.finetune_holdout,
+                                       np.random.default_rng([cfg.seed, len(finetunes) + 1]))
+        if len(check) == 0:
+            return
+        number = len(finetunes) + 1
+        running = BackgroundFinetune(number, awd.finetune("running"), cfg, opts, pool, labels.copy(), train, check,
+                                     eval_texts, round(clock() - start, 3))
+        finetunes.append({"number": number, "labels": n, "train": len(train), "held_out": len(check),
+                          "against": encoder.name, "started_at": running.started_at, "status": "running"})
+        log.info("background fine-tune %d started on %d labels (%d held out for the check)", number, len(train),
+                 len(check))
+        save()
 
     def queue_next() -> BatchInfo | None:
         room = opts.max_labels - int((labels >= 0).sum()) - int(pending.sum()) if opts.max_labels else opts.batch_size
@@ -291,7 +568,7 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
         if n <= 0:
             return None
         t0 = clock()
-        idx, probs, used = pick_batch(opts.strategy, head, embeddings, labels, pending, n, rng)
+        idx, probs, used = pick_batch(opts.strategy, head, encoder.embeddings, labels, pending, n, rng)
         if len(idx) == 0:
             return None
         number = len(done_before) + len(batches) + 1
@@ -299,7 +576,9 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
         pick = clock() - t0
         push_step(connected(), acfg, queue, None, names, number, set(), flagged_by=(used,), guidelines=LABEL_GUIDELINES)
         pending[idx] = True
-        info = BatchInfo(number, used, queue["id"].tolist(), "logreg" if head.clf is not None else "zero-shot",
+        model = ("zero-shot" if head.clf is None else "logreg" if encoder.name == "frozen"
+                 else f"finetuned-logreg@{len(encoder.trained_on)}")
+        info = BatchInfo(number, used, queue["id"].tolist(), model,
                          head.labels_seen, int((labels >= 0).sum()), round(clock() - start, 3), round(pick, 3),
                          queue["suggested_label"].tolist())
         if batches and batches[-1].completed_at is not None and batches[-1].seconds_to_next_batch is None:
@@ -312,7 +591,8 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
         return info
 
     def save() -> None:
-        awd.write_json(state_file, {"options": asdict(opts), "batches": done_before + [asdict(b) for b in batches]})
+        awd.write_json(state_file, {"options": asdict(opts), "batches": done_before + [asdict(b) for b in batches],
+                                    "finetunes": finetunes})
 
     try:
         refit()
@@ -337,6 +617,7 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
                             b.seconds_to_next_batch = 0.0
                 if on_answers:
                     on_answers(int((labels >= 0).sum()), int(pending.sum()))
+            finetune_step()
             if pending.sum() <= opts.queue_at:
                 queued = queue_next()
                 save()
@@ -346,9 +627,13 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
             if clock() - last_answer > opts.idle_timeout:
                 log.info("no answer for %.0f s: stopping with %d labels", opts.idle_timeout, int((labels >= 0).sum()))
                 break
-        save()
         return batches
     finally:
+        if running is not None:  # never wait for it, never leave it half-written
+            running.stop()
+            finetunes[running.number - 1].update(status="stopped", seconds=running.seconds)
+            log.info("background fine-tune %d stopped with the session", running.number)
+        save()
         write_version(original, journal, awd.versions, awd.latest_version() + 1)
         journal.close()
 
@@ -363,7 +648,8 @@ def session_summary(workdir: Workdir) -> dict | None:
     path = workdir.session
     if not path.exists() or not workdir.journal.exists():
         return None
-    batches = json.loads(path.read_text())["batches"]
+    state = json.loads(path.read_text())
+    batches = state["batches"]
     with Journal(workdir.journal) as journal:
         decided = {i: d.new_label for i, d in journal.current().items() if d.action in ("corrected", "confirmed")}
         votes = journal.votes()
@@ -376,10 +662,14 @@ def session_summary(workdir: Workdir) -> dict | None:
         if kept:
             curve.append(f"{b['model_labels']} labels: {np.mean(kept):.0%}")
     strategies = list(dict.fromkeys(b["strategy"] for b in batches))
+    finetunes = [f"on {f['train']} labels: held-out accuracy {f['finetuned_accuracy']:.0%} vs "
+                 f"{f['light_accuracy']:.0%}, " + ("swapped in" if f["swapped"] else "kept the light head")
+                 for f in state.get("finetunes", []) if f["status"] in ("swapped", "kept")]
     return {"Labelled by active learning": f"{len(decided):,} examples in {len(batches)} batches",
             "Annotators": ", ".join(f"{a} ({n:,} answers)" for a, n in sorted(by.items())) or "none",
             "Strategy": " then ".join(strategies),
-            "Learning curve (suggestions kept per batch, by labels the model had seen)": "; ".join(curve) or "none"}
+            "Learning curve (suggestions kept per batch, by labels the model had seen)": "; ".join(curve) or "none",
+            "Background fine-tunes": "; ".join(finetunes) or "none"}
 
 
 def labelled_only(version):
@@ -389,3 +679,9 @@ def labelled_only(version):
     return datasets.DatasetDict({s: ds.filter(lambda lbl, src: lbl >= 0 and src != "removed",
                                               input_columns=["label", "label_source"]) for s, ds in version.items()})
 
+
+if __name__ == "__main__":  # the child process of a BackgroundFinetune
+    import pickle
+    import sys
+
+    _finetune_job(pickle.load(sys.stdin.buffer))

@@ -96,6 +96,10 @@ def test_session_options_are_checked():
         ActiveOptions(batch_size=0)
     with pytest.raises(CleanloopError, match="strategy 'activelab' cannot drive a session; fix: use one of badge"):
         ActiveOptions(strategy="activelab")
+    with pytest.raises(CleanloopError, match=r"finetune_holdout must be a share in \(0, 1\), got 1.0"):
+        ActiveOptions(finetune_holdout=1.0)
+    with pytest.raises(CleanloopError, match="finetune_after must be 0 or more, got -1"):
+        ActiveOptions(finetune_after=-1)
 
 
 class Annotator(threading.Thread):
@@ -183,6 +187,94 @@ def test_session_from_zero_labels_queues_ahead_and_goes_through_the_journal(tmp_
     card = (out / "README.md").read_text()
     assert "Labelled by active learning: 12 examples in 3 batches" in card and "Strategy: coverage then margin" in card
     assert "annotator (12 answers)" in card and "Learning curve" in card
+
+
+def test_the_held_out_check_keeps_the_better_head_and_holds_out_only_unseen_labels():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=90)
+    anchors = np.eye(3, 8)
+    clean = anchors[y] + 0.05 * rng.normal(size=(90, 8))  # an encoder that separates the classes
+    noisy = anchors[rng.integers(0, 3, size=90)] + 0.05 * rng.normal(size=(90, 8))  # one that does not
+    good, bad = online.Encoder(online.unit(clean), anchors), online.Encoder(online.unit(noisy), anchors)
+    train, check = np.arange(60), np.arange(60, 90)
+
+    def make(a):
+        return online.LightHead(a, anchor_weight=1.0)
+
+    won = online.held_out_check(bad, good, y, train, check, make)
+    assert won["swapped"] and won["finetuned_accuracy"] > 0.9 > 0.6 > won["light_accuracy"]
+    lost = online.held_out_check(good, bad, y, train, check, make)
+    assert not lost["swapped"] and lost["light_accuracy"] == won["finetuned_accuracy"]
+    ids = [f"x{i}" for i in range(90)]
+    seen = frozenset(ids[:50])  # what the current encoder was fine-tuned on
+    tr, ck = online.split_for_check(np.arange(80), ids, seen, 0.25, np.random.default_rng(1))
+    assert len(ck) == 20 and ck.min() >= 50 and sorted(np.concatenate([tr, ck]).tolist()) == list(range(80))
+
+
+def test_a_background_fine_tune_runs_while_batches_are_queued_and_swaps_in_after_the_check(tmp_path, argilla_server,
+                                                                                             monkeypatch, caplog):
+    import json
+    import logging
+
+    monkeypatch.setenv("ARGILLA_API_KEY", argilla_server.owner_key)
+    train, truth = topic_pool(tmp_path)
+    train[["text"]].to_csv(tmp_path / "pool.csv", index=False)
+    cfg = Config(dataset=str(tmp_path / "pool.csv"), label_names=NAMES, workdir=str(tmp_path / "work"), seed=0,
+                 epochs=1, batch_size=16, argilla_url=argilla_server.url, argilla_workspace="cleanloop",
+                 argilla_dataset="background")
+    pool = online.load_pool(cfg)
+    emb, anchors = online.embed(cfg, pool.ids, pool.texts), online.label_anchors(cfg, NAMES)
+    gold = dict(zip(pool.ids, truth))
+    # the first fine-tune at 8 labels; the next one as soon as the first is done (at least 12 labels)
+    opts = ActiveOptions(strategy="margin", batch_size=4, poll_seconds=0.2, idle_timeout=60, finetune_after=8,
+                         finetune_growth=0.5, finetune_holdout=0.25, min_train_examples=160)
+    models = []
+
+    def on_batch(info, head):
+        models.append(info.model)
+        assert head.encoder.eval_embeddings is None or head.encoder.eval_embeddings.shape == (2, 384)
+
+    def swapped_and_two_more() -> bool:  # then the second fine-tune is still training: the stop must end it
+        return sum(m.startswith("finetuned") for m in models) >= 2
+
+    annotator = Annotator(argilla_server, "background-label", gold, pause=0.5)
+    annotator.start()
+    try:
+        with caplog.at_level(logging.INFO, "cleanloop.active"):
+            batches = online.run_session(cfg, opts, pool=pool, embeddings=emb, anchors=anchors, on_batch=on_batch,
+                                         should_stop=swapped_and_two_more, eval_texts=["rain all day", "we scored"])
+    finally:
+        annotator.stop.set()
+        annotator.join(10)
+
+    awd = Workdir.of(cfg).active()
+    first, second = json.loads(awd.session.read_text())["finetunes"][:2]
+    # the annotator kept getting batches while the first fine-tune trained
+    during = [b for b in batches if first["started_at"] < b.pushed_at < first["finished_at"]]
+    assert len(during) >= 1 and all(b.model == "logreg" for b in during)
+    # the check: both heads on the labels held out of the snapshot, and the verdict follows the figures
+    n = first["train"]  # 6 of the first 8 labels (a slow poll may bring one more)
+    assert first["labels"] >= 8 and first["held_out"] == round(0.25 * first["labels"]) == first["labels"] - n
+    assert first["against"] == "frozen"
+    assert first["status"] == "swapped" and first["swapped"]
+    assert (first["finetuned_accuracy"], -first["finetuned_log_loss"]) > (first["light_accuracy"], -first["light_log_loss"])
+    assert f"background fine-tune 1 on {n} labels" in caplog.text and "swapped in" in caplog.text
+    # the batches after the swap were picked by the light head on the fine-tuned embeddings, and say so
+    after = [b for b in batches if b.pushed_at > first["finished_at"]]
+    assert len(after) >= 2 and all(b.model == f"finetuned-logreg@{n}" for b in after)
+    assert all(b.model in ("zero-shot", "logreg") for b in batches if b.pushed_at < first["finished_at"])
+    # the stop ended the second fine-tune: nothing of it is left; the accepted one is whole
+    assert second["status"] == "stopped" and second["labels"] >= 12 and second["against"] == f"finetuned@{n}"
+    assert not awd.finetune("running").root.exists()
+    accepted = awd.finetune("accepted")
+    assert np.load(accepted.pool_embeddings).shape == emb.shape and accepted.finetune_info.exists()
+    assert online.session_summary(awd)["Background fine-tunes"].startswith(f"on {n} labels: held-out accuracy ")
+    assert online.session_summary(awd)["Background fine-tunes"].endswith("swapped in")
+    # a resumed session starts on the accepted fine-tune
+    caplog.clear()
+    with caplog.at_level(logging.INFO, "cleanloop.active"):
+        online.run_session(cfg, opts, pool=pool, embeddings=emb, anchors=anchors, should_stop=lambda: True)
+    assert f"resuming on the accepted fine-tune (finetuned@{n})" in caplog.text
 
 
 def test_cli_says_what_is_missing_for_a_text_only_pool(tmp_path):

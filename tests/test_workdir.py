@@ -37,6 +37,13 @@ def test_layout_is_the_documented_one(tmp_path):
         wd.round(2).review_queue: "loop/round-002/flags/review_queue.parquet", wd.active().root: "active",
         wd.active().journal: "active/journal.sqlite", wd.active().round(3).root: "active/loop/round-003",
         wd.cached("features", "abc"): "cache/features-abc.npy",
+        wd.active().finetune("running").root: "active/loop/finetune/running",
+        wd.active().finetune("accepted").pool_embeddings: "active/loop/finetune/accepted/embeddings.npy",
+        wd.finetune("running").label_anchors: "loop/finetune/running/anchors.npy",
+        wd.finetune("running").eval_embeddings: "loop/finetune/running/eval_embeddings.npy",
+        wd.finetune("running").finetune_info: "loop/finetune/running/finetune.json",
+        wd.finetune("running").finetune_log: "loop/finetune/running/finetune.log",
+        wd.finetune("running").model("finetune"): "loop/finetune/running/model",
     }
     for path, rel in layout.items():
         assert path == tmp_path / rel, (path, rel)

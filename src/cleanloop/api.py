@@ -559,7 +559,8 @@ def active(cfg: Config, options=None, *, home: str | Path | None = None,
 
     options: :class:`cleanloop.config.ActiveOptions` (default ``cfg.active``). By default a responsive
     session: a light head on cached sentence embeddings refitted as answers arrive, the next batch
-    queued before the current one is done (``options.pool``: the texts to label, default
+    queued before the current one is done, the encoder fine-tuned in the background and swapped in
+    when it wins on held-out labels (``options.finetune_after``; ``options.pool``: the texts to label, default
     ``cfg.dataset``'s train split; on_pool(pool), on_batch(info, head), on_answers(labels, pending)
     report as it goes; Ctrl-C stops it, ``stopped`` says so). With ``options.full_retrain``, the
     blocking round loop that retrains SetFit / the fine-tuned classifier after each batch (display

@@ -433,6 +433,19 @@ class ActiveOptions(ReviewWait):
         metadata={"help": "With --full-retrain: also be woken by Argilla webhooks (listener on 127.0.0.1; for a "
                           "server on this machine)."},
     )
+    finetune_after: int = field(
+        default=100,
+        metadata={"help": "In a session: once this many labels are in, fine-tune the encoder in the background and "
+                          "swap it in when it beats the light head on held-out labels (0: never)."},
+    )
+    finetune_growth: float = field(
+        default=0.5,
+        metadata={"help": "Fine-tune again once the labels grew by this share since the last fine-tune started."},
+    )
+    finetune_holdout: float = field(
+        default=0.2,
+        metadata={"help": "Share of a fine-tune's labels held out of its training to check it against the light head."},
+    )
 
     def check(self) -> None:
         from cleanloop.loops.strategies import STRATEGIES
@@ -446,15 +459,17 @@ class ActiveOptions(ReviewWait):
         for name in ("batch_size", "rounds", "seed_per_class", "setfit_iterations", "setfit_epochs", "setfit_batch_size"):
             if getattr(self, name) < 1:
                 raise self.bad(name, "1 or more")
-        for name in ("switch_per_class", "min_train_examples", "max_labels"):
+        for name in ("switch_per_class", "min_train_examples", "max_labels", "finetune_after"):
             if getattr(self, name) < 0:
                 raise self.bad(name, "0 or more")
         if not 0 <= self.prefetch <= self.batch_size:
             raise self.bad("prefetch", f"in [0, batch_size={self.batch_size}]")
-        for name in ("idle_timeout", "temperature", "C", "anchor_weight"):
+        for name in ("idle_timeout", "temperature", "C", "anchor_weight", "finetune_growth"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise self.bad(name, "a number above 0")
+        if not 0 < self.finetune_holdout < 1:
+            raise self.bad("finetune_holdout", "a share in (0, 1)")
 
     @property
     def queue_at(self) -> int:

@@ -17,6 +17,9 @@ Nothing else in cleanloop builds a path inside a workdir: a module asks its :cla
     loop/                   a round loop: state.json, options.json, session.json, history.json,
                             history.png, report.md
     loop/round-NNN/, loop/final/   one round's own workdir (:meth:`Workdir.round`): model, flags, batch
+    loop/finetune/running/, loop/finetune/accepted/   a session's background fine-tune
+                            (:meth:`Workdir.finetune`): model, embeddings.npy, anchors.npy, probs.npy,
+                            finetune.json (written last), finetune.log
     argilla/                the embedded Argilla server's home (the default one)
     active/                 the active-learning loops' own workdir (:meth:`Workdir.active`), same layout
     .cleanloop.lock         the write lock (lock.py)
@@ -221,6 +224,42 @@ class Workdir:
     def batch(self) -> Path:
         """An active-learning round's batch to label."""
         return self.root / "batch.parquet"
+
+    def finetune(self, which: str) -> "Workdir":
+        """A responsive session's background fine-tune (``loop/finetune/running`` while it trains,
+        ``loop/finetune/accepted``: the last one swapped in), sharing this one's cache.
+
+        >>> Workdir("w").finetune("accepted").pool_embeddings.as_posix()
+        'w/loop/finetune/accepted/embeddings.npy'
+        """
+        if which not in ("running", "accepted"):
+            raise ValueError(f"which must be 'running' or 'accepted', got {which!r}")
+        return Workdir(self.loop / "finetune" / which, cache=self.cache)
+
+    @property
+    def pool_embeddings(self) -> Path:
+        """A fine-tuned encoder's (N, D) unit-length embeddings of the pool."""
+        return self.root / "embeddings.npy"
+
+    @property
+    def label_anchors(self) -> Path:
+        """A fine-tuned encoder's (C, D) embeddings of the label names (or descriptions)."""
+        return self.root / "anchors.npy"
+
+    @property
+    def eval_embeddings(self) -> Path:
+        """A fine-tuned encoder's embeddings of the caller's evaluation texts (a test split)."""
+        return self.root / "eval_embeddings.npy"
+
+    @property
+    def finetune_info(self) -> Path:
+        """What a background fine-tune trained on and how long it took; written last (its presence = complete)."""
+        return self.root / "finetune.json"
+
+    @property
+    def finetune_log(self) -> Path:
+        """A background fine-tune's output (the Trainer's progress, a traceback if it failed)."""
+        return self.root / "finetune.log"
 
     def active(self) -> "Workdir":
         """The active-learning loops' own workdir (``active/``: journal, versions, loop), sharing this one's cache."""

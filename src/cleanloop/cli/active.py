@@ -22,7 +22,8 @@ def active(cfg: Config, home, non_interactive) -> None:
     optionally label_descriptions) and a pool with a text column. The first batch covers the pool's
     clusters, suggested zero-shot; then a light head on cached sentence embeddings is refitted as
     answers arrive and the next batch is queued before the current one is done, so the annotator
-    never waits. Stop with Ctrl-C and run again to resume. Then: cleanloop export --workdir WORKDIR/active.
+    never waits. From --finetune-after labels on, the encoder is fine-tuned in the background and the
+    head moves onto it when it wins on held-out labels. Stop with Ctrl-C and run again to resume. Then: cleanloop export --workdir WORKDIR/active.
     """
     from cleanloop import api
 
