@@ -254,7 +254,8 @@ class FlaggingOptions(Options):
     dynamics_runs: int = field(
         default=0,
         metadata={"help": "Training runs whose dynamics judge the labels (--flag-source dynamics): the trained model's "
-                          "and N-1 more with other seeds, averaged. 0: auto, 3 under 5,000 train examples, else 1."},
+                          "and N-1 more with other seeds, averaged. 0: auto, 2 under 5,000 train examples when the "
+                          "model saw fewer than --judge-min-examples, else 1."},
     )
     judge_min_examples: int = field(
         default=24000,
