@@ -5,8 +5,9 @@ Nothing else in cleanloop builds a path inside a workdir: a module asks its :cla
 
     model/ or features/     the model of `cleanloop train` (features/: --method features)
     checkpoints/            the Trainer's checkpoints while it fine-tunes (removed after)
-    cache/                  frozen features and out-of-fold probabilities, keyed by content
+    cache/                  frozen features, out-of-fold probabilities and extra runs' dynamics, keyed by content
     oof/fold-K/             the out-of-fold fine-tunes
+    dynamics/seed-N/        an extra judging run while it trains (removed once its record is cached)
     tune/                   study.db, best.toml, report.md, plots; trial-N/ while a trial trains
     data/                   the plots of `cleanloop data describe`
     scores/                 `cleanloop score`: <split>.parquet
