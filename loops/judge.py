@@ -40,7 +40,6 @@ def judging_probs(cfg: Config, train_ds, workdir: Workdir | None = None) -> Judg
     workdir (default ``Workdir.of(cfg)``): whose model's dynamics judge, where the out-of-fold models
     train and the caches are.
     """
-    from cleanloop.loops.active import finetune_epochs
     from cleanloop.loops.oof import oof_finetune, oof_logreg
     from cleanloop.loops.signals import dynamics_probs
     from cleanloop.model.train import extract_features
@@ -71,11 +70,10 @@ def judging_probs(cfg: Config, train_ds, workdir: Workdir | None = None) -> Judg
                                     for i in range(1, runs)]
         source = f"training dynamics of {path.parent} ({len(dyn['probs'])} epoch records)"
         if runs > 1:
-            epochs = finetune_epochs(len(labels), cfg.epochs, cfg.judge_min_examples)
-            source += (f" and of {runs - 1} more run(s) of {epochs:.3g} epochs with seeds "
+            source += (f" and of {runs - 1} more run(s) of {max(cfg.epochs, cfg.judge_epochs):g} epochs with seeds "
                        f"{', '.join(str(cfg.seed + i) for i in range(1, runs))}"
                        + ("" if cfg.dynamics_runs else f" (auto: under {SMALL_DATA:,} train examples, and the model "
-                                                         f"saw fewer than {cfg.judge_min_examples:,})"))
+                                                         f"trained fewer than {cfg.judge_epochs:g} epochs)"))
         representation = dyn["embeddings"] if "embeddings" in dyn.files else None  # older runs did not record them
         return Judgement(dynamics_probs(np.concatenate(records)), None, representation, source)
     cache = wd.cached(f"oof-{cfg.method}-{cfg.folds}", _version_key(cfg, train_ds))
@@ -96,13 +94,14 @@ def judging_probs(cfg: Config, train_ds, workdir: Workdir | None = None) -> Judg
 
 def dynamics_runs(cfg: Config, n_examples: int, trained_epochs: float) -> int:
     """How many training runs' dynamics judge ``n_examples`` labels: ``cfg.dynamics_runs``, or when it is 0
-    (auto) 2 on small data (under :data:`SMALL_DATA` examples) whose model saw fewer than
-    ``cfg.judge_min_examples`` examples in its ``trained_epochs``, and 1 otherwise.
+    (auto) 2 on small data (under :data:`SMALL_DATA` examples) whose model trained fewer than
+    ``cfg.judge_epochs`` epochs (``trained_epochs``), and 1 otherwise.
 
     On 3,000 emotion tweets with 10% class-conditional errors (bench/noise.py), how long the judge
     trained mattered, how many judged much less: AP 0.46 for one run of 3 epochs, 0.59 for three;
-    0.824 for one run of 8 epochs, 0.833 for three. So the one extra run trains long enough
-    (:func:`_seed_dynamics`), and a model that already did needs none.
+    0.824 for one run of 8 epochs, 0.833 for three; 0.779 for one of 12 (it learns the wrong labels
+    by heart). So the one extra run trains 8 epochs (:func:`_seed_dynamics`), and a model that
+    already did needs none.
 
     >>> cfg = Config()
     >>> dynamics_runs(cfg, 3000, 1), dynamics_runs(cfg, 3000, 8), dynamics_runs(cfg, 16000, 1)
@@ -112,29 +111,28 @@ def dynamics_runs(cfg: Config, n_examples: int, trained_epochs: float) -> int:
     """
     if cfg.dynamics_runs:
         return cfg.dynamics_runs
-    return 2 if n_examples < SMALL_DATA and trained_epochs * n_examples < cfg.judge_min_examples else 1
+    return 2 if n_examples < SMALL_DATA and trained_epochs < cfg.judge_epochs else 1
 
 
 def _seed_dynamics(cfg: Config, train_ds, wd: Workdir, seed: int, shape: tuple[int, int]) -> np.ndarray:
     """The epoch records (E, N, C) of one more training run on ``train_ds`` with ``seed`` (cached per data
     version and settings; the run's model folder is removed once its record is cached).
 
-    It trains enough epochs to see ``cfg.judge_min_examples`` examples (at least ``cfg.epochs``): on
-    3,000 tweets with 10% class-conditional errors, one run of 8 epochs ranked them at AP 0.824 (test
-    accuracy 88.1%) against 0.46 for 3 epochs (79%) (bench/noise.py).
+    It trains ``cfg.judge_epochs`` epochs (at least ``cfg.epochs``): on 3,000 tweets with 10%
+    class-conditional errors, one run of 8 epochs ranked them at AP 0.824 (test accuracy 88.1%)
+    against 0.46 for 3 epochs (79%) and 0.779 for 12 (bench/noise.py).
     """
     import shutil
 
     import datasets
 
-    from cleanloop.loops.active import finetune_epochs
     from cleanloop.model.train import ClassifierTrainer
 
     cache = wd.cached(f"dynamics-seed{seed}", _version_key(cfg, train_ds))
     records = _load_cache(cache, shape, ndim=3)
     if records is not None:
         return records
-    epochs = finetune_epochs(shape[0], cfg.epochs, cfg.judge_min_examples)
+    epochs = max(cfg.epochs, cfg.judge_epochs)
     log.info("judging with one more training run (seed %d, %.3g epochs) on %s examples", seed, epochs, f"{shape[0]:,}")
     out = wd.dynamics_run(seed)
     run_cfg = cfg.replace(seed=seed, epochs=epochs, method="finetune", record_dynamics=True, dynamics_epochs=0)

@@ -139,7 +139,7 @@ def test_cli_flag_from_training_dynamics_writes_scores_queue_and_report(trained)
     runner = CliRunner()
     # two epochs on 192 tweets: no better than the majority class, which the guard checks (test_checks.py)
     res = runner.invoke(app, ["flag", "--dataset", cfg.dataset, "--workdir", cfg.workdir, "--max-review", "10",
-                              "--min-gain-over-baseline", "0", "--judge-min-examples", "576"])
+                              "--min-gain-over-baseline", "0", "--judge-epochs", "3"])
     assert res.exit_code == 0, res.output
     out = Path(cfg.workdir) / "flags"
     scores = pd.read_parquet(out / "scores.parquet")
@@ -152,17 +152,17 @@ def test_cli_flag_from_training_dynamics_writes_scores_queue_and_report(trained)
     assert "checks:" in res.output and "outliers" in res.output
     report = (out / "report.md").read_text()
     assert "Top 20 suspects" in report and (out / "flag_matrix.png").exists() and (out / "embedding_map.png").exists()
-    # small data, and the model saw 2 x 192 examples: one more run judges too (auto), trained long
-    # enough to see 576 (3 epochs of 192), said in the output and the report; the model's own
-    # embeddings vote, as a column; the extra run is cached, its model folder gone
-    said = "1 more run(s) of 3 epochs with seeds 43 (auto: under 5,000 train examples, and the model saw fewer than 576)"
+    # small data, and the model trained 2 epochs: one more run of 3 epochs judges too (auto), said in
+    # the output and the report; the model's own embeddings vote, as a column; the extra run is
+    # cached, its model folder gone
+    said = "1 more run(s) of 3 epochs with seeds 43 (auto: under 5,000 train examples, and the model trained fewer than 3 epochs)"
     assert said in res.output and said in report
     assert scores["model_neighbour_agreement"].between(0, 1).all()
     cache = Path(cfg.workdir) / "cache"
     assert [np.load(f).shape for f in cache.glob("dynamics-seed4[34]-*.npy")] == [(3, 192, 6)]
     assert not (Path(cfg.workdir) / "dynamics" / "seed-43").exists()
     again = runner.invoke(app, ["flag", "--dataset", cfg.dataset, "--workdir", cfg.workdir, "--max-review", "10",
-                                "--min-gain-over-baseline", "0", "--no-map", "--judge-min-examples", "576"])
+                                "--min-gain-over-baseline", "0", "--no-map", "--judge-epochs", "3"])
     assert again.exit_code == 0, again.output
     assert pd.read_parquet(out / "scores.parquet")["suspicion"].tolist() == scores["suspicion"].tolist()  # from the cache
     one = runner.invoke(app, ["flag", "--dataset", cfg.dataset, "--workdir", cfg.workdir, "--max-review", "10",

@@ -255,20 +255,20 @@ class FlaggingOptions(Options):
         default=0,
         metadata={"help": "Training runs whose dynamics judge the labels (--flag-source dynamics): the trained model's "
                           "and N-1 more with other seeds, averaged. 0: auto, 2 under 5,000 train examples when the "
-                          "model saw fewer than --judge-min-examples, else 1."},
+                          "model trained fewer than --judge-epochs, else 1."},
     )
-    judge_min_examples: int = field(
-        default=24000,
-        metadata={"help": "The extra judging runs (--dynamics-runs) train enough epochs to see at least this many "
-                          "examples (8 epochs on 3,000), at least --epochs."},
+    judge_epochs: float = field(
+        default=8.0,
+        metadata={"help": "Epochs of the extra judging runs (--dynamics-runs), at least --epochs: on 3,000 tweets "
+                          "with 10% errors 8 ranked them best (AP 0.46 at 3, 0.82 at 8, 0.78 at 12)."},
     )
 
     def check(self) -> None:
         self.one_of("flag_source", ("dynamics", "oof"))
         if self.dynamics_runs < 0:
             raise self.bad("dynamics_runs", "0 (auto) or more")
-        if self.judge_min_examples < 0:
-            raise self.bad("judge_min_examples", "0 or more")
+        if self.judge_epochs <= 0:
+            raise self.bad("judge_epochs", "above 0")
         if self.folds < 2:
             raise self.bad("folds", "2 or more")
         if self.filter_by not in _filters():
