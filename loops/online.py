@@ -291,7 +291,7 @@ class BackgroundFinetune:
         self.number, self.folder, self.labels, self.train, self.check = number, folder, labels, train, check
         self.started_at = started_at
         self.t0 = time.monotonic()
-        shutil.rmtree(folder.root, ignore_errors=True)
+        remove_finetune(folder)
         folder.root.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         folder.root.mkdir(mode=0o700)
         job = {"cfg": cfg, "min_examples": opts.min_train_examples, "folder": folder, "names": pool.names,
@@ -338,7 +338,18 @@ class BackgroundFinetune:
             except Exception:  # noqa: BLE001  (it ignored SIGTERM)
                 self.proc.kill()
                 self.proc.wait()
-        shutil.rmtree(self.folder.root, ignore_errors=True)
+        remove_finetune(self.folder)
+
+
+def remove_finetune(folder: Workdir) -> None:
+    """Remove a background fine-tune's folder: only one that :class:`BackgroundFinetune` made (its
+    ``finetune.log``, written first, marks it); anything else there is refused, never deleted."""
+    if not folder.root.exists():
+        return
+    if not folder.finetune_log.exists():
+        raise CleanloopError(f"{folder.root} holds files cleanloop did not write (no {folder.finetune_log.name}); "
+                             "fix: move them elsewhere, then start the session again")
+    shutil.rmtree(folder.root, ignore_errors=True)
 
 
 def _finetune_job(job: dict) -> None:
@@ -487,7 +498,7 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
             log.info("resuming on the accepted fine-tune (%s)", ft.name)
         else:
             log.warning("%s was fine-tuned on another pool: starting from the frozen encoder", accepted.root)
-    shutil.rmtree(awd.finetune("running").root, ignore_errors=True)  # what a killed session's fine-tune left
+    remove_finetune(awd.finetune("running"))  # what a killed session's fine-tune left
     running: BackgroundFinetune | None = None
     head = make_head(encoder.anchors, encoder)
     start = clock()
@@ -541,7 +552,7 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
                 head = make_head(encoder.anchors, encoder)
                 refit()
             else:
-                shutil.rmtree(job.folder.root, ignore_errors=True)
+                remove_finetune(job.folder)
             save()
             return
         n = int((labels >= 0).sum())

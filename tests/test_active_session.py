@@ -291,3 +291,19 @@ def test_cli_says_what_is_missing_for_a_text_only_pool(tmp_path):
 
 def test_doctests():
     assert doctest.testmod(online).failed == 0
+
+
+def test_only_a_fine_tune_folder_cleanloop_made_is_removed(tmp_path):
+    from cleanloop.loops.online import remove_finetune
+    from cleanloop.workdir import Workdir
+
+    running = Workdir(tmp_path).active().finetune("running")
+    running.root.mkdir(parents=True)
+    (running.root / "notes.txt").write_text("mine")
+    with pytest.raises(CleanloopError, match="holds files cleanloop did not write"):
+        remove_finetune(running)
+    assert (running.root / "notes.txt").read_text() == "mine"
+    running.finetune_log.write_text("")  # what BackgroundFinetune writes first
+    remove_finetune(running)
+    assert not running.root.exists()
+    remove_finetune(running)  # nothing there: nothing to do
