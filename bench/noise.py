@@ -42,6 +42,7 @@ from common import update_results
 from cleanloop.config import Config
 from cleanloop.loops import signals
 from cleanloop.loops.flag import signal_table
+from cleanloop.loops.judge import issue_filter
 from cleanloop.loops.oof import oof_finetune, oof_logreg
 from cleanloop.model.data import load_data
 from cleanloop.model.train import ClassifierTrainer, extract_features
@@ -108,18 +109,21 @@ def area_under_margin(ev: signals.Evidence) -> np.ndarray:
 
 def evaluate_path(noisy: np.ndarray, probs: np.ndarray, is_error: np.ndarray, seconds: float,
                   epoch_probs: np.ndarray | None = None, extra: dict | None = None,
-                  embeddings: np.ndarray | None = None) -> dict:
-    """Every signal of one path, plus the flagged set's precision and recall. With ``embeddings`` (the
-    judging model's own): the neighbour vote in them, and ``suspicion_and_neighbour_vote``, the vote
+                  embeddings: np.ndarray | None = None, source: str = "oof") -> dict:
+    """Every signal of one path, plus the flagged set's precision and recall under the rule ``flag``
+    picks for this ``source`` ('oof' or 'dynamics') and size (:func:`issue_filter`). With ``embeddings``
+    (the judging model's own): the neighbour vote in them, and ``suspicion_and_neighbour_vote``, the vote
     mixed into ``suspicion`` at a third (measured, not the product's rule)."""
+    filter_by = issue_filter(Config(flag_source=source), len(noisy))[0]
     t0 = time.perf_counter()
-    table = signal_table(noisy, probs, epoch_probs=epoch_probs, embeddings=embeddings)
+    table = signal_table(noisy, probs, filter_by, epoch_probs=epoch_probs, embeddings=embeddings)
     seconds += time.perf_counter() - t0
     flagged = table["is_issue"].to_numpy()
     flag = {
         "flag_precision": round(float(is_error[flagged].mean()) if flagged.any() else 0.0, 4),
         "flag_recall": round(float(flagged[is_error].mean()), 4),
         "flagged": int(flagged.sum()),
+        "filter_by": filter_by,
         "seconds": round(seconds, 1),
         "noise_structure": round(table.attrs["noise_structure"], 3),
     }
@@ -218,7 +222,7 @@ def main() -> None:
                 extra={"last_epoch_suspicion": last,
                        "suspicion_and_features": (2 * signal_table(noisy, probs)["suspicion"].to_numpy()
                                                   + 1 - feature_quality) / 3},
-                embeddings=dyn["embeddings"] if "embeddings" in dyn.files else None,
+                embeddings=dyn["embeddings"] if "embeddings" in dyn.files else None, source="dynamics",
             )
             # --dynamics-epochs k records only the last k epoch ends: each record is one pass over train
             per_pass = run["dynamics_seconds"] / len(epoch_probs)
@@ -365,7 +369,8 @@ def run_small(base: Config, settings: list[str], seeds: list[int], args) -> None
             cost = sum(r["train_seconds"] for r in runs[:k]) / plain
             res[f"dynamics_{k}_seeds"] = evaluate_path(noisy, probs, is_error, sum(r["dynamics_seconds"] for r in runs[:k]),
                                                        np.concatenate(epoch_probs[:k]),
-                                                       extra={"neighbours_frozen": 1 - frozen_agree}, embeddings=tuned)
+                                                       extra={"neighbours_frozen": 1 - frozen_agree}, embeddings=tuned,
+                                                       source="dynamics")
             res[f"dynamics_{k}_seeds"]["cost_vs_one_plain_training"] = round(cost, 3)
             r = res[f"dynamics_{k}_seeds"]
             print(f"{setting:<28} {k} seed(s): suspicion AP {r['suspicion']['ap']:.3f} (with the neighbour vote "

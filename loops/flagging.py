@@ -49,7 +49,7 @@ def flag_examples(cfg: Config, train_ds, max_review: int, skip_ids: Iterable[str
     judged = judging_probs(cfg, train_ds, wd)
     checks, features = example_checks(cfg, train_ds, judged.features)
     scores = scores_table(list(train_ds["id"]), list(train_ds["text"]), labels, judged.probs, names,
-                          signal_table(labels, judged.probs, cfg.filter_by, embeddings=judged.representation), checks)
+                          signal_table(labels, judged.probs, judged.filter_by, embeddings=judged.representation), checks)
     queue = review_queue(scores, max_review, skip_ids)
     if folder is None:
         folder, scores_file, queue_file = wd.flags, wd.flag_scores, wd.review_queue

@@ -35,8 +35,10 @@ from cleanloop.errors import CleanloopError
 from cleanloop.loops import neighbours as nb
 
 QUALITY_METHODS = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
+# cleanlab's filters, and DISAGREEMENT: cleanlab's prune_by_noise_rate or a predicted label other than the given one
+DISAGREEMENT = "noise_rate_or_disagreement"
 FILTER_BY = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
-             "low_normalized_margin", "low_self_confidence")
+             "low_normalized_margin", "low_self_confidence", DISAGREEMENT)
 PROBS, DYNAMICS, EMBEDDINGS = "probs", "dynamics", "embeddings"  # what a signal needs
 NEEDS = (PROBS, DYNAMICS, EMBEDDINGS)
 
@@ -181,7 +183,8 @@ def loss(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
 
 
 def find_issues(labels: np.ndarray, pred_probs: np.ndarray, filter_by: str = "prune_by_noise_rate") -> np.ndarray:
-    """cleanlab's confident-learning mask (N,) bool, True = label issue; ``filter_by`` as in cleanlab."""
+    """cleanlab's confident-learning mask (N,) bool, True = label issue; ``filter_by`` as in cleanlab, or
+    :data:`DISAGREEMENT`: prune_by_noise_rate's mask or where the most probable label is not the given one."""
     if filter_by not in FILTER_BY:
         raise CleanloopError(f"unknown filter_by {filter_by!r}; fix: use one of {', '.join(FILTER_BY)}")
     return _find_issues(*check_inputs(labels, pred_probs), filter_by)
@@ -190,6 +193,8 @@ def find_issues(labels: np.ndarray, pred_probs: np.ndarray, filter_by: str = "pr
 def _find_issues(labels: np.ndarray, probs: np.ndarray, filter_by: str) -> np.ndarray:
     from cleanlab.filter import find_label_issues
 
+    if filter_by == DISAGREEMENT:
+        return find_label_issues(labels, probs, filter_by="prune_by_noise_rate") | (probs.argmax(1) != labels)
     return find_label_issues(labels, probs, filter_by=filter_by)
 
 

@@ -47,7 +47,7 @@ def test_invalid_method_rejected():
     ({"eval_batch_size": 0}, "eval_batch_size must be 1 or more"),
     ({"max_length": 0}, "max_length must be 1 or more"),
     ({"folds": 1}, "folds must be 2 or more"),
-    ({"filter_by": "prune_by_magic"}, "filter_by must be one of cleanlab's filters"),
+    ({"filter_by": "prune_by_magic"}, "filter_by must be auto or one of the filters"),
     ({"warmup_ratio": 1.5}, r"warmup_ratio must be in \[0, 1\)"),
     ({"seed": -1}, "seed must be from 0"),
     ({"weight_decay": -0.1}, "weight_decay must be 0 or more"),

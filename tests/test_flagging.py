@@ -127,6 +127,25 @@ def test_more_folds_than_the_smallest_class_is_a_clear_error():
         oof_logreg(X, noisy, 3, k=5)
 
 
+def test_disagreement_filter_adds_what_confident_learning_misses():
+    """A judge that learnt wrong labels by heart: confident learning's per-class thresholds pass over
+    an example whose given label still trails; the disagreement filter flags it too."""
+    import doctest
+
+    from cleanloop.loops import judge
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 50)
+    probs = np.where(labels[:, None] == np.arange(2), 0.97, 0.03) + rng.uniform(0, 0.02, (100, 2))
+    probs[0] = [0.45, 0.55]  # given 0, the judge leans to 1
+    probs /= probs.sum(1, keepdims=True)
+    noise_rate = signals.find_issues(labels, probs, "prune_by_noise_rate")
+    both = signals.find_issues(labels, probs, signals.DISAGREEMENT)
+    assert not noise_rate[0] and both[0]
+    assert np.array_equal(both, noise_rate | (probs.argmax(1) != labels))
+    assert doctest.testmod(judge).failed == 0  # issue_filter: auto picks it on small data judged by dynamics only
+
+
 def test_unknown_filter_by_is_rejected():
     with pytest.raises(CleanloopError, match="unknown filter_by"):
         signals.find_issues(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]), filter_by="magic")

@@ -157,6 +157,9 @@ def test_cli_flag_from_training_dynamics_writes_scores_queue_and_report(trained)
     # cached, its model folder gone
     said = "1 more run(s) of 3 epochs with seeds 43 (auto: under 5,000 train examples, and the model trained fewer than 3 epochs)"
     assert said in res.output and said in report
+    # and on small data judged by dynamics, every example whose most probable label is not the given one is flagged
+    assert "or a most probable label other than the given one (auto: under 5,000 train examples)" in res.output
+    assert scores.loc[scores["suggested_label"] != scores["given_label"], "is_issue"].all()
     assert scores["model_neighbour_agreement"].between(0, 1).all()
     cache = Path(cfg.workdir) / "cache"
     assert [np.load(f).shape for f in cache.glob("dynamics-seed4[34]-*.npy")] == [(3, 192, 6)]

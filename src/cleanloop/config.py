@@ -63,7 +63,7 @@ def _strategies() -> list[str]:
 def _filters() -> list[str]:
     from cleanloop.loops.signals import FILTER_BY
 
-    return list(FILTER_BY)
+    return ["auto", *FILTER_BY]
 
 
 class ConfigError(CleanloopError):
@@ -233,8 +233,14 @@ class FlaggingOptions(Options):
                   "choices": ("dynamics", "oof")},
     )
     folds: int = field(default=5, metadata={"help": "Folds for out-of-fold probabilities (--flag-source oof)."})
-    filter_by: str = field(default="prune_by_noise_rate",
-                           metadata={"help": "cleanlab find_label_issues filter_by.", "choices": _filters})
+    filter_by: str = field(
+        default="auto",
+        metadata={"help": "Which examples are flagged: a cleanlab find_label_issues filter_by, or "
+                          "noise_rate_or_disagreement (prune_by_noise_rate, or the judge's most probable label is not "
+                          "the given one). auto: that on training dynamics under 5,000 train examples (their long "
+                          "judging runs learn many wrong labels, which confident learning then misses), else "
+                          "prune_by_noise_rate.", "choices": _filters},
+    )
     max_review: int = field(default=500, metadata={"help": "Most examples sent for review per round (0: all)."})
     min_gain_over_baseline: float = field(
         default=0.1,
@@ -272,7 +278,7 @@ class FlaggingOptions(Options):
         if self.folds < 2:
             raise self.bad("folds", "2 or more")
         if self.filter_by not in _filters():
-            raise self.bad("filter_by", "one of cleanlab's filters", f"to one of {', '.join(_filters())}")
+            raise self.bad("filter_by", "auto or one of the filters", f"to one of {', '.join(_filters())}")
         if self.max_review < 0:
             raise self.bad("max_review", "0 (all) or more")
         for name in ("min_gain_over_baseline", "near_duplicate_threshold"):
