@@ -103,11 +103,13 @@ def test_session_options_are_checked():
 
 
 class Annotator(threading.Thread):
-    """Answers pending records (oldest batch first) with their true label, one every ``pause`` seconds."""
+    """Answers pending records (oldest batch first) with their true label, one every ``pause`` seconds;
+    waits while ``hold(number of answers so far)`` is true."""
 
-    def __init__(self, server, dataset: str, truth: dict[str, str], pause: float):
+    def __init__(self, server, dataset: str, truth: dict[str, str], pause: float, hold=None):
         super().__init__(daemon=True)
         self.server, self.dataset, self.truth, self.pause = server, dataset, truth, pause
+        self.hold = hold or (lambda answered: False)
         self.stop, self.answers = threading.Event(), []
 
     def run(self):
@@ -121,6 +123,8 @@ class Annotator(threading.Thread):
                               for it in items if it["record"]["external_id"] not in done)
                 for batch, ex_id, rec_id in todo:
                     time.sleep(self.pause)
+                    while self.hold(len(self.answers)) and not self.stop.is_set():
+                        time.sleep(0.1)
                     r = http.post(f"/api/v1/records/{rec_id}/responses",
                                   json={"values": {"label": {"value": self.truth[ex_id]}}, "status": "submitted"})
                     assert r.status_code == 201, r.text
@@ -226,7 +230,7 @@ def test_a_background_fine_tune_runs_while_batches_are_queued_and_swaps_in_after
     emb, anchors = online.embed(cfg, pool.ids, pool.texts), online.label_anchors(cfg, NAMES)
     gold = dict(zip(pool.ids, truth))
     # the first fine-tune at 8 labels; the next one as soon as the first is done (at least 12 labels)
-    opts = ActiveOptions(strategy="margin", batch_size=4, poll_seconds=0.2, idle_timeout=60, finetune_after=8,
+    opts = ActiveOptions(strategy="margin", batch_size=4, poll_seconds=0.2, idle_timeout=600, finetune_after=8,
                          finetune_growth=0.5, finetune_holdout=0.25, min_train_examples=160)
     models = []
 
@@ -237,7 +241,11 @@ def test_a_background_fine_tune_runs_while_batches_are_queued_and_swaps_in_after
     def swapped_and_two_more() -> bool:  # then the second fine-tune is still training: the stop must end it
         return sum(m.startswith("finetuned") for m in models) >= 2
 
-    annotator = Annotator(argilla_server, "background-label", gold, pause=0.5)
+    # after 24 answers the annotator waits for the first fine-tune to be swapped in (at most 10 minutes), so
+    # that a slow CI machine cannot label the whole pool of 90 before it is done
+    accepted, t0 = Workdir.of(cfg).active().finetune("accepted").root, time.monotonic()
+    annotator = Annotator(argilla_server, "background-label", gold, pause=0.5,
+                          hold=lambda answered: answered >= 24 and not accepted.exists() and time.monotonic() - t0 < 600)
     annotator.start()
     try:
         with caplog.at_level(logging.INFO, "cleanloop.active"):
