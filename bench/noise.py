@@ -42,7 +42,7 @@ from common import update_results
 from cleanloop.config import Config
 from cleanloop.loops import signals
 from cleanloop.loops.flag import signal_table
-from cleanloop.loops.judge import issue_filter
+from cleanloop.loops.judge import issue_filter, judged_records
 from cleanloop.loops.oof import oof_finetune, oof_logreg
 from cleanloop.model.data import load_data
 from cleanloop.model.train import ClassifierTrainer, extract_features
@@ -355,8 +355,17 @@ def run_small(base: Config, settings: list[str], seeds: list[int], args) -> None
                          "dynamics_seconds": metrics["run"]["dynamics_seconds"],
                          "val_accuracy": metrics["validation"]["accuracy"], "test_accuracy": metrics["test"]["accuracy"],
                          "test_macro_f1": metrics["test"]["macro_f1"]})
-            epoch_probs.append(np.load(out / "dynamics.npz")["probs"].astype(np.float64))
+            recorded = np.load(out / "dynamics.npz")["probs"].astype(np.float64)
+            # the records flag reads (judged_records: on small data, the first --judge-stop of a run this long)
+            epoch_probs.append(judged_records(base, recorded, args.epochs, len(noisy)))
+            if seed == seeds[0] and len(epoch_probs[0]) < len(recorded):  # what all of them would have flagged
+                table = signal_table(noisy, signals.dynamics_probs(recorded), issue_filter(base, len(noisy))[0])
+                flagged = table["is_issue"].to_numpy()
+                res["all_epoch_records"] = {"records": len(recorded), **ranking_metrics(table["suspicion"].to_numpy(), is_error),
+                                            "flag_precision": round(float(is_error[flagged].mean()), 4),
+                                            "flag_recall": round(float(flagged[is_error].mean()), 4)}
         res["runs"] = runs
+        res["epoch_records_judging"] = len(epoch_probs[0])
         plain = runs[0]["train_seconds"] - runs[0]["dynamics_seconds"]
         first = np.load(Path(f"{args.workdir}/{setting}-seed{seeds[0]}") / "model" / "dynamics.npz")
         if "embeddings" in first.files:  # recorded by the run, as the product reads them

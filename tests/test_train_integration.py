@@ -152,17 +152,19 @@ def test_cli_flag_from_training_dynamics_writes_scores_queue_and_report(trained)
     assert "checks:" in res.output and "outliers" in res.output
     report = (out / "report.md").read_text()
     assert "Top 20 suspects" in report and (out / "flag_matrix.png").exists() and (out / "embedding_map.png").exists()
-    # small data, and the model trained 2 epochs: one more run of 3 epochs judges too (auto), said in
-    # the output and the report; the model's own embeddings vote, as a column; the extra run is
-    # cached, its model folder gone
-    said = "1 more run(s) of 3 epochs with seeds 43 (auto: under 5,000 train examples, and the model trained fewer than 3 epochs)"
+    # small data, and the model trained 2 epochs: a judging run on a schedule of 3 epochs judges
+    # instead (auto), stopped after 2 of them (--judge-stop 0.625), said in the output and the
+    # report; the model's own embeddings vote, as a column; the judging run is cached, its model
+    # folder gone
+    said = ("training dynamics of 1 judging run(s) of 2 of 3 scheduled epochs with seeds 43 (auto: under 5,000 "
+            "train examples the model's own record is left out: it trained fewer than 3 epochs)")
     assert said in res.output and said in report
     # and on small data judged by dynamics, every example whose most probable label is not the given one is flagged
     assert "or a most probable label other than the given one (auto: under 5,000 train examples)" in res.output
     assert scores.loc[scores["suggested_label"] != scores["given_label"], "is_issue"].all()
     assert scores["model_neighbour_agreement"].between(0, 1).all()
     cache = Path(cfg.workdir) / "cache"
-    assert [np.load(f).shape for f in cache.glob("dynamics-seed4[34]-*.npy")] == [(3, 192, 6)]
+    assert [np.load(f).shape for f in cache.glob("dynamics-seed4[34]-*.npy")] == [(2, 192, 6)]
     assert not (Path(cfg.workdir) / "dynamics" / "seed-43").exists()
     again = runner.invoke(app, ["flag", "--dataset", cfg.dataset, "--workdir", cfg.workdir, "--max-review", "10",
                                 "--min-gain-over-baseline", "0", "--no-map", "--judge-epochs", "3"])
@@ -171,7 +173,7 @@ def test_cli_flag_from_training_dynamics_writes_scores_queue_and_report(trained)
     one = runner.invoke(app, ["flag", "--dataset", cfg.dataset, "--workdir", cfg.workdir, "--max-review", "10",
                               "--min-gain-over-baseline", "0", "--no-map", "--dynamics-runs", "1"])
     assert one.exit_code == 0, one.output
-    assert "more run" not in one.output
+    assert "judging run" not in one.output and "2 epoch records" in one.output
 
 
 def test_cli_flag_refuses_dynamics_of_another_train_set(trained, tmp_path):

@@ -260,13 +260,20 @@ class FlaggingOptions(Options):
     dynamics_runs: int = field(
         default=0,
         metadata={"help": "Training runs whose dynamics judge the labels (--flag-source dynamics): the trained model's "
-                          "and N-1 more with other seeds, averaged. 0: auto, 2 under 5,000 train examples when the "
-                          "model trained fewer than --judge-epochs, else 1."},
+                          "and N-1 judging runs with other seeds, averaged; under 5,000 train examples a model that "
+                          "trained fewer than --judge-epochs is left out when judging runs judge. 0: auto, 2 there, "
+                          "else 1."},
     )
     judge_epochs: float = field(
         default=8.0,
         metadata={"help": "Epochs of the extra judging runs (--dynamics-runs), at least --epochs: on 3,000 tweets "
                           "with 10% errors 8 ranked them best (AP 0.46 at 3, 0.82 at 8, 0.78 at 12)."},
+    )
+    judge_stop: float = field(
+        default=0.625,
+        metadata={"help": "Share of a judging run's learning-rate schedule whose epoch records judge, on small data: "
+                          "the extra runs stop there, and a trained model of at least --judge-epochs is read up to "
+                          "there. 0.625: the first 5 of 8 epochs, before the run learns wrong labels by heart. 1: all."},
     )
 
     def check(self) -> None:
@@ -275,6 +282,8 @@ class FlaggingOptions(Options):
             raise self.bad("dynamics_runs", "0 (auto) or more")
         if self.judge_epochs <= 0:
             raise self.bad("judge_epochs", "above 0")
+        if not 0.0 < self.judge_stop <= 1.0:
+            raise self.bad("judge_stop", "in (0, 1]")
         if self.folds < 2:
             raise self.bad("folds", "2 or more")
         if self.filter_by not in _filters():
