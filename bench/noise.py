@@ -164,6 +164,10 @@ def main() -> None:
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                     help="cpu hides the GPU; auto uses one when there is one")
     ap.add_argument("--results", default="noise", help="name of the results file: bench/results/NAME.json")
+    ap.add_argument("--flag-after", type=float, default=0,
+                    help="small settings: also train a model of this many epochs (seed: the first of --seeds) and "
+                         "judge its labels as 'flag' does (a judging run when it trained fewer than --judge-epochs), "
+                         "timed against the model's training")
     ap.add_argument("--duplicates", action="store_true",
                     help="count the conflicting duplicated texts of the full train split the checks flag")
     args = ap.parse_args()
@@ -344,6 +348,9 @@ def run_small(base: Config, settings: list[str], seeds: list[int], args) -> None
         if not seeds:
             update_results(args.results, {"settings": {setting: res}, "injected": {setting: int(is_error.sum())}})
             continue
+        if args.flag_after:
+            key = f"{setting}-flag-after-{args.flag_after:g}-epochs"
+            update_results(args.results, {"settings": {key: flag_after(base, setting, noisy_dd, is_error, seeds[0], args)}})
         runs, epoch_probs = [], []
         for seed in seeds:
             cfg = base.replace(workdir=f"{args.workdir}/{setting}-seed{seed}", seed=seed)
@@ -389,6 +396,41 @@ def run_small(base: Config, settings: list[str], seeds: list[int], args) -> None
         key = setting if args.epochs == 3 else f"{setting}-{args.epochs:g}-epochs"  # 3: the settings' recipe
         res["epochs"] = args.epochs
         update_results(args.results, {"settings": {key: res}, "injected": {setting: int(is_error.sum())}})
+
+
+def flag_after(base: Config, setting: str, noisy_dd, is_error: np.ndarray, seed: int, args) -> dict:
+    """The product's path on one small setting: a model of ``args.flag_after`` epochs, then the judge that
+    ``flag`` runs on it (:func:`judging_probs`: on small data a judging run stopped at --judge-stop of its
+    --judge-epochs schedule when the model trained fewer), its flags, and its time against the model's."""
+    from cleanloop.loops.judge import judging_probs
+    from cleanloop.workdir import Workdir
+
+    cfg = base.replace(workdir=f"{args.workdir}/{setting}-flag-after-{args.flag_after:g}", seed=seed,
+                       epochs=args.flag_after, min_gain_over_baseline=0)
+    out = Path(cfg.workdir) / "model"
+    if not (args.reuse and (out / "dynamics.npz").exists()):
+        ClassifierTrainer(cfg).train(noisy_dd)
+    for cached in (Path(cfg.workdir) / "cache").glob("dynamics-seed*.npy"):
+        cached.unlink()  # the judge is what is timed
+    metrics = json.loads((out / "metrics.json").read_text())
+    noisy = np.asarray(noisy_dd["train"]["label"])
+    t0 = time.perf_counter()
+    judged = judging_probs(cfg, noisy_dd["train"], Workdir.of(cfg))
+    seconds = time.perf_counter() - t0
+    table = signal_table(noisy, judged.probs, judged.filter_by)
+    flagged = table["is_issue"].to_numpy()
+    plain = metrics["run"]["train_seconds"] - metrics["run"]["dynamics_seconds"]
+    res = {"model_epochs": args.flag_after, "model_test_accuracy": metrics["test"]["accuracy"],
+           "model_train_seconds": metrics["run"]["train_seconds"], "model_plain_train_seconds": round(plain, 1),
+           "judge": judged.source, "judge_seconds": round(seconds, 1),
+           "judge_cost_vs_model_plain_training": round(seconds / plain, 3),
+           **ranking_metrics(table["suspicion"].to_numpy(), is_error),
+           "flagged": int(flagged.sum()), "flag_precision": round(float(is_error[flagged].mean()), 4),
+           "flag_recall": round(float(flagged[is_error].mean()), 4)}
+    print(f"{setting:<28} flag after a {args.flag_after:g}-epoch model ({res['model_test_accuracy']:.1%}): AP {res['ap']:.3f}, "
+          f"flagged precision {res['flag_precision']:.3f} recall {res['flag_recall']:.3f}; judge {seconds:.0f} s = "
+          f"{res['judge_cost_vs_model_plain_training']:.2f}x the model's plain training")
+    return res
 
 
 def _with_labels(ds, labels: np.ndarray):
