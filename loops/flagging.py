@@ -31,13 +31,14 @@ class Flags:
 
 
 def flag_examples(cfg: Config, train_ds, max_review: int, skip_ids: Iterable[str], workdir: Workdir | None = None,
-                  folder: Path | None = None) -> Flags:
+                  folder: Path | None = None, held_out=None) -> Flags:
     """Flag the examples of ``train_ds`` (a ``Dataset`` with id, text, label) as ``cfg`` says.
 
     max_review: the queue's length (0: every flagged example). skip_ids: examples already reviewed,
     left out of the queue (they stay in the scores). workdir: whose model judges (default
-    ``Workdir.of(cfg)``); folder: where the tables go (default the workdir's flags). Raises :class:`~cleanloop.errors.WeakModelError`
-    when the model behind the flags is no better than the majority class.
+    ``Workdir.of(cfg)``); folder: where the tables go (default the workdir's flags). held_out: a labelled
+    split (validation) that checks judging runs (:func:`~cleanloop.loops.judge.judging_probs`). Raises
+    :class:`~cleanloop.errors.WeakModelError` when the model behind the flags is no better than the majority class.
     """
     from cleanloop.loops.flag import example_checks, review_queue, scores_table, signal_table
     from cleanloop.loops.judge import judging_probs
@@ -46,7 +47,7 @@ def flag_examples(cfg: Config, train_ds, max_review: int, skip_ids: Iterable[str
     names = train_ds.features["label"].names
     labels = np.asarray(train_ds["label"])
     wd = workdir or Workdir.of(cfg)
-    judged = judging_probs(cfg, train_ds, wd)
+    judged = judging_probs(cfg, train_ds, wd, held_out)
     checks, features = example_checks(cfg, train_ds, judged.features)
     scores = scores_table(list(train_ds["id"]), list(train_ds["text"]), labels, judged.probs, names,
                           signal_table(labels, judged.probs, judged.filter_by, embeddings=judged.representation), checks)

@@ -36,11 +36,12 @@ class Judgement:
     filter_by: str  # which examples are flagged (:func:`issue_filter`)
 
 
-def judging_probs(cfg: Config, train_ds, workdir: Workdir | None = None) -> Judgement:
+def judging_probs(cfg: Config, train_ds, workdir: Workdir | None = None, held_out=None) -> Judgement:
     """The :class:`Judgement` of the train labels as ``cfg.flag_source`` says.
 
     workdir (default ``Workdir.of(cfg)``): whose model's dynamics judge, where the out-of-fold models
-    train and the caches are.
+    train and the caches are. held_out: a labelled split (validation) on which judging runs are checked
+    (:func:`check_model`) when they judge in the trained model's place; without it the trained model is.
     """
     from cleanloop.loops.oof import oof_finetune, oof_logreg
     from cleanloop.loops.signals import dynamics_probs
@@ -63,14 +64,15 @@ def judging_probs(cfg: Config, train_ds, workdir: Workdir | None = None) -> Judg
                 "fix: run 'cleanloop train' on this data first"
             )
         metrics = json.loads((path.parent / "metrics.json").read_text()) if (path.parent / "metrics.json").exists() else {}
-        split = next((s for s in ("validation", "test") if s in metrics), None)
-        if split:
-            check_model(cfg, np.asarray(metrics[split]["confusion_matrix"]), labels, f"{split} ({path.parent})")
         trained = metrics.get("run", {}).get("config", {}).get("epochs", cfg.epochs)
         runs = dynamics_runs(cfg, len(labels), trained)
         own = judged_records(cfg, dyn["probs"], trained, len(labels), more_runs=runs > 1)
+        split = next((s for s in ("validation", "test") if s in metrics), None)
+        if split and (own is not None or held_out is None):  # else the judging runs are checked
+            check_model(cfg, np.asarray(metrics[split]["confusion_matrix"]), labels, f"{split} ({path.parent})")
         records = ([] if own is None else [own]) + [
-            _seed_dynamics(cfg, train_ds, wd, cfg.seed + i, (len(labels), len(names))) for i in range(1, runs)]
+            _seed_dynamics(cfg, train_ds, wd, cfg.seed + i, (len(labels), len(names)), held_out if own is None else None)
+            for i in range(1, runs)]
         recorded = len(dyn["probs"])
         parts = [] if own is None else [f"{path.parent} ({recorded} epoch records" + (
             ")" if len(own) == recorded else f", the first {len(own)}: --judge-stop {cfg.judge_stop:g})")]
@@ -100,6 +102,11 @@ def judging_probs(cfg: Config, train_ds, workdir: Workdir | None = None) -> Judg
                 f"held-out folds of train ({cfg.folds}-fold {cfg.method})")
     filter_by, why = issue_filter(cfg, len(labels))
     return Judgement(probs, feats, None, f"{cfg.folds}-fold out-of-fold {cfg.method}" + why, filter_by)
+
+
+def held_out_split(dd):
+    """The labelled split that checks judging runs: ``validation``, else ``test``, else None."""
+    return next((dd[s] for s in ("validation", "test") if s in dd), None)
 
 
 def issue_filter(cfg: Config, n_examples: int) -> tuple[str, str]:
@@ -201,9 +208,10 @@ def _stop_after(n: int):
     return StopAfter()
 
 
-def _seed_dynamics(cfg: Config, train_ds, wd: Workdir, seed: int, shape: tuple[int, int]) -> np.ndarray:
+def _seed_dynamics(cfg: Config, train_ds, wd: Workdir, seed: int, shape: tuple[int, int], held_out=None) -> np.ndarray:
     """The epoch records (E, N, C) of one more training run on ``train_ds`` with ``seed`` (cached per data
-    version and settings; the run's model folder is removed once its record is cached).
+    version and settings, with its confusion matrix on ``held_out``; the run's model folder is removed once
+    they are cached). With ``held_out`` (a labelled split), the run is checked on it (:func:`check_model`).
 
     Its learning-rate schedule is ``cfg.judge_epochs`` epochs (at least ``cfg.epochs``), and it stops
     after :func:`stop_epochs` of them: on 3,000 tweets with 10% class-conditional errors, one run of 8
@@ -216,9 +224,13 @@ def _seed_dynamics(cfg: Config, train_ds, wd: Workdir, seed: int, shape: tuple[i
 
     from cleanloop.model.train import ClassifierTrainer
 
-    cache = wd.cached(f"dynamics-seed{seed}", _version_key(cfg, train_ds))
+    key = _version_key(cfg, train_ds)
+    cache, confusion_cache = wd.cached(f"dynamics-seed{seed}", key), wd.cached(f"dynamics-seed{seed}-held-out", key)
     records = _load_cache(cache, shape, ndim=3)
-    if records is not None:
+    confusion = _load_cache(confusion_cache, (shape[1], shape[1])) if held_out is not None else None
+    if records is not None and (held_out is None or confusion is not None):
+        if confusion is not None:
+            _check_judging_run(cfg, confusion, train_ds, seed)
         return records
     epochs = max(cfg.epochs, cfg.judge_epochs)
     stop = stop_epochs(cfg, epochs)
@@ -226,11 +238,21 @@ def _seed_dynamics(cfg: Config, train_ds, wd: Workdir, seed: int, shape: tuple[i
              epochs, f"{shape[0]:,}")
     out = wd.dynamics_run(seed)
     run_cfg = cfg.replace(seed=seed, epochs=epochs, method="finetune", record_dynamics=True, dynamics_epochs=0)
-    ClassifierTrainer(run_cfg, callbacks=(_stop_after(stop),), workdir=wd).train(datasets.DatasetDict({"train": train_ds}), out)
+    splits = {"train": train_ds} if held_out is None else {"train": train_ds, "test": held_out}  # "test": scored once
+    result = ClassifierTrainer(run_cfg, callbacks=(_stop_after(stop),), workdir=wd).train(datasets.DatasetDict(splits), out)
     records = np.load(out / "dynamics.npz")["probs"]
     wd.save_npy(cache, records)  # atomic: a kill never leaves half a cache
+    if held_out is not None:
+        confusion = np.asarray(result.metrics["test"]["confusion_matrix"])
+        wd.save_npy(confusion_cache, confusion)
     shutil.rmtree(out, ignore_errors=True)
+    if held_out is not None:
+        _check_judging_run(cfg, confusion, train_ds, seed)
     return records
+
+
+def _check_judging_run(cfg: Config, confusion: np.ndarray, train_ds, seed: int) -> None:
+    check_model(cfg, confusion, np.asarray(train_ds["label"]), f"the held-out split (judging run, seed {seed})")
 
 
 def _load_cache(path: Path, shape: tuple[int, ...], ndim: int = 2) -> np.ndarray | None:

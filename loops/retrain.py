@@ -55,13 +55,15 @@ class FlagResult:
     embeddings: np.ndarray | None  # (len(queue), D)
 
 
-def flag_step(cfg: Config, train_ds, max_review: int, skip_ids: set[str], workdir: Workdir | None = None) -> FlagResult:
+def flag_step(cfg: Config, train_ds, max_review: int, skip_ids: set[str], workdir: Workdir | None = None,
+              held_out=None) -> FlagResult:
     """Score the train split, build the review queue without ``skip_ids``, embed the queue's texts; written
-    to ``workdir``'s flags (default ``Workdir.of(cfg)``), judged by its model."""
+    to ``workdir``'s flags (default ``Workdir.of(cfg)``), judged by its model (or by judging runs, checked
+    on ``held_out``)."""
     from cleanloop.loops.flagging import flag_examples
 
     wd = workdir or Workdir.of(cfg)
-    flags = flag_examples(cfg, train_ds, max_review, skip_ids, wd)
+    flags = flag_examples(cfg, train_ds, max_review, skip_ids, wd, held_out=held_out)
     emb = embed_queue(cfg, train_ds, flags.queue, flags.embeddings, wd)
     if emb is not None:
         wd.save_npy(wd.queue_embeddings, emb)
@@ -113,11 +115,13 @@ class FlagStep(Step):
         self.cfg, self.max_review = cfg, max_review
 
     def run(self, loop, rnd):
+        from cleanloop.loops.judge import held_out_split
         from cleanloop.loops.versions import training_view
 
+        view = training_view(rnd.version)
         try:
-            fr = flag_step(self.cfg, training_view(rnd.version)["train"], self.max_review, loop.journal.reviewed_ids(),
-                           rnd.workdir)
+            fr = flag_step(self.cfg, view["train"], self.max_review, loop.journal.reviewed_ids(), rnd.workdir,
+                           held_out_split(view))
         except WeakModelError:
             loop.undo("train")
             raise

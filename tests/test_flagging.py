@@ -239,3 +239,47 @@ def test_neighbour_vote_in_the_models_representation_is_a_column_beside_suspicio
     np.testing.assert_array_equal(with_vote["suspicion"], alone["suspicion"])
     with pytest.raises(CleanloopError, match="embeddings of shape"):
         signal_table(noisy, weak, embeddings=X[:-1])
+
+
+def test_a_judging_run_in_the_models_place_is_what_the_guard_checks(tmp_path):
+    """On small data a model that trained fewer than --judge-epochs does not judge: a judging run does,
+    and the majority-class guard checks that run on the held-out split, not the weaker model."""
+    import json
+
+    import datasets
+
+    from cleanloop.config import Config
+    from cleanloop.errors import WeakModelError
+    from cleanloop.loops import judge
+    from cleanloop.workdir import Workdir
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 30)
+    names = datasets.ClassLabel(names=["a", "b"])
+    train = datasets.Dataset.from_dict({"id": [f"t{i}" for i in range(60)], "text": [f"text {i}" for i in range(60)],
+                                        "label": labels.tolist()}).cast_column("label", names)
+    held_out = train.select(range(10))
+    cfg = Config(workdir=str(tmp_path), epochs=1)
+    wd = Workdir.of(cfg)
+    model = wd.model("finetune")
+    model.mkdir(parents=True)
+    one_class = [[30, 0], [30, 0]]  # the trained model predicts class a for everything
+    probs = np.full((1, 60, 2), 0.5)
+    np.savez(model / "dynamics.npz", ids=np.asarray(train["id"]), labels=labels, probs=probs)
+    (model / "metrics.json").write_text(json.dumps({"validation": {"confusion_matrix": one_class},
+                                                    "run": {"config": {"epochs": 1}}}))
+    with pytest.raises(WeakModelError, match="validation"):  # no held-out split: the trained model is checked
+        judge.judging_probs(cfg, train, wd)
+
+    key = judge._version_key(cfg, train)
+    records = np.where(labels[:, None] == np.arange(2), 0.9, 0.1)[None].repeat(5, 0) + rng.uniform(0, 0.01, (5, 60, 2))
+    records /= records.sum(2, keepdims=True)
+    wd.save_npy(wd.cached("dynamics-seed43", key), records)  # the judging run of seed 43, as it caches itself
+    wd.save_npy(wd.cached("dynamics-seed43-held-out", key), np.array([[5, 0], [0, 5]]))
+    judged = judge.judging_probs(cfg, train, wd, held_out)  # the weak model is left out, the run judges
+    assert "1 judging run(s) of 5 of 8 scheduled epochs" in judged.source and "left out" in judged.source
+    np.testing.assert_allclose(judged.probs, records.mean(0) / records.mean(0).sum(1, keepdims=True))
+
+    wd.save_npy(wd.cached("dynamics-seed43-held-out", key), np.array(one_class))  # a judging run no better
+    with pytest.raises(WeakModelError, match=r"judging run, seed 43"):
+        judge.judging_probs(cfg, train, wd, held_out)

@@ -164,7 +164,9 @@ def test_cli_flag_from_training_dynamics_writes_scores_queue_and_report(trained)
     assert scores.loc[scores["suggested_label"] != scores["given_label"], "is_issue"].all()
     assert scores["model_neighbour_agreement"].between(0, 1).all()
     cache = Path(cfg.workdir) / "cache"
-    assert [np.load(f).shape for f in cache.glob("dynamics-seed4[34]-*.npy")] == [(2, 192, 6)]
+    # its record, and its confusion matrix on the validation split (what the guard checks)
+    assert sorted(np.load(f).shape for f in cache.glob("dynamics-seed4[34]-*.npy")) == [(2, 192, 6), (6, 6)]
+    assert np.load(next(cache.glob("dynamics-seed43-held-out-*.npy"))).sum() == len(dd["validation"])
     assert not (Path(cfg.workdir) / "dynamics" / "seed-43").exists()
     again = runner.invoke(app, ["flag", "--dataset", cfg.dataset, "--workdir", cfg.workdir, "--max-review", "10",
                                 "--min-gain-over-baseline", "0", "--no-map", "--judge-epochs", "3"])

@@ -244,15 +244,17 @@ def flag(cfg: Config, *, with_map: bool = True, output: str | Path | None = None
     from cleanloop.identity import load_workdir_data
     from cleanloop.loops.flag import confident_examples
     from cleanloop.loops.flagging import flag_examples
+    from cleanloop.loops.judge import held_out_split
     from cleanloop.loops.report import write_report
     from cleanloop.loops.review import reviewed_ids
     from cleanloop.model.score import write_parquet_atomic
 
     with _writing(cfg, "flag"):
-        train_ds = load_workdir_data(cfg)["train"]
+        dd = load_workdir_data(cfg)
+        train_ds = dd["train"]
         wd = Workdir.of(cfg)
         flags = flag_examples(cfg, train_ds, cfg.max_review, reviewed_ids(wd), wd,  # already reviewed: not again
-                              folder=Path(output) if output else None)
+                              folder=Path(output) if output else None, held_out=held_out_split(dd))
         confident = confident_examples(flags.scores)
         write_parquet_atomic(confident, flags.folder / "confident_examples.parquet")
         emb = None
