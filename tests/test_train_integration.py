@@ -121,6 +121,19 @@ def test_cli_train_class_weights_then_score(emotion_slice, tmp_path):
     assert len(df) == 64
 
 
+def test_cli_train_shows_transformers_load_report_only_with_verbose(emotion_slice, tmp_path):
+    """A new classification head is expected to be missing from the base model: transformers' report of it
+    ("LOAD REPORT ... newly initialized") is not shown unless --verbose."""
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "cleanloop"), "train", "--dataset", str(emotion_slice), "--workdir",
+         str(tmp_path), "--epochs", "0.2", "--no-record-dynamics"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "finetune test" in proc.stdout + proc.stderr
+    assert "LOAD REPORT" not in proc.stderr and "newly initialized" not in proc.stderr
+
+
 def test_cli_bad_input_is_one_line_without_traceback(tmp_path):
     bad = tmp_path / "train.csv"
     bad.write_text("text,label\nhello,joy\n,sadness\n")

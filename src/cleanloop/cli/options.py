@@ -127,6 +127,10 @@ def app(verbose: bool) -> None:
     logging.getLogger("argilla").setLevel(logging.DEBUG if verbose else logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not verbose:
+        # transformers' load report of every fine-tune ("classifier.weight MISSING ... newly initialized"):
+        # expected for a new classification head, so only with --verbose; its errors still show
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers first logs
+        logging.getLogger("transformers").setLevel(logging.ERROR)  # when it already has
         for handler in logging.getLogger().handlers:
             handler.addFilter(_quiet_argilla_client)
 
