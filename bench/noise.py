@@ -154,6 +154,8 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--epochs", type=float, default=3)
     ap.add_argument("--learning-rate", type=float, default=1e-4)
+    ap.add_argument("--label-smoothing", type=float, default=0.1,
+                    help="of the small settings' runs (results keyed '-label-smoothing-X' unless 0.1, training's default)")
     ap.add_argument("--workdir", default=str(Path(__file__).resolve().parent / "out" / "noise"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reuse", action="store_true",
@@ -181,7 +183,8 @@ def main() -> None:
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda but torch sees no GPU")
 
-    base = Config(workdir=args.workdir, epochs=args.epochs, learning_rate=args.learning_rate)
+    base = Config(workdir=args.workdir, epochs=args.epochs, learning_rate=args.learning_rate,
+                  label_smoothing=args.label_smoothing)
     if args.duplicates:
         update_results(args.results, {"duplicates": duplicate_conflicts(base)})
     small = [s for s in args.settings.split(",") if s.startswith("small-")]
@@ -394,6 +397,7 @@ def run_small(base: Config, settings: list[str], seeds: list[int], args) -> None
                   f"recall {r['suspicion']['flag_recall']:.3f}; neighbours (fine-tuned) AP "
                   f"{r['model_neighbour_agreement']['ap']:.3f}; cost {cost:.2f}x")
         key = setting if args.epochs == 3 else f"{setting}-{args.epochs:g}-epochs"  # 3: the settings' recipe
+        key += "" if args.label_smoothing == 0.1 else f"-label-smoothing-{args.label_smoothing:g}"
         res["epochs"] = args.epochs
         update_results(args.results, {"settings": {key: res}, "injected": {setting: int(is_error.sum())}})
 
@@ -402,7 +406,7 @@ def flag_after(base: Config, setting: str, noisy_dd, is_error: np.ndarray, seed:
     """The product's path on one small setting: a model of ``args.flag_after`` epochs, then the judge that
     ``flag`` runs on it (:func:`judging_probs`: on small data a judging run stopped at --judge-stop of its
     --judge-epochs schedule when the model trained fewer), its flags, and its time against the model's."""
-    from cleanloop.loops.judge import judging_probs
+    from cleanloop.loops.judge import held_out_split, judging_probs
     from cleanloop.workdir import Workdir
 
     cfg = base.replace(workdir=f"{args.workdir}/{setting}-flag-after-{args.flag_after:g}", seed=seed,
@@ -415,7 +419,7 @@ def flag_after(base: Config, setting: str, noisy_dd, is_error: np.ndarray, seed:
     metrics = json.loads((out / "metrics.json").read_text())
     noisy = np.asarray(noisy_dd["train"]["label"])
     t0 = time.perf_counter()
-    judged = judging_probs(cfg, noisy_dd["train"], Workdir.of(cfg))
+    judged = judging_probs(cfg, noisy_dd["train"], Workdir.of(cfg), held_out_split(noisy_dd))  # as flag does
     seconds = time.perf_counter() - t0
     table = signal_table(noisy, judged.probs, judged.filter_by)
     flagged = table["is_issue"].to_numpy()

@@ -277,7 +277,7 @@ def test_a_judging_run_in_the_models_place_is_what_the_guard_checks(tmp_path):
     wd.save_npy(wd.cached("dynamics-seed43", key), records)  # the judging run of seed 43, as it caches itself
     wd.save_npy(wd.cached("dynamics-seed43-held-out", key), np.array([[5, 0], [0, 5]]))
     judged = judge.judging_probs(cfg, train, wd, held_out)  # the weak model is left out, the run judges
-    assert "1 judging run(s) of 5 of 8 scheduled epochs" in judged.source and "left out" in judged.source
+    assert "1 judging run(s) of 5 of 8 scheduled epochs, label smoothing 0.3" in judged.source and "left out" in judged.source
     np.testing.assert_allclose(judged.probs, records.mean(0) / records.mean(0).sum(1, keepdims=True))
 
     wd.save_npy(wd.cached("dynamics-seed43-held-out", key), np.array(one_class))  # a judging run no better

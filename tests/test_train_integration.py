@@ -169,7 +169,8 @@ def test_cli_flag_from_training_dynamics_writes_scores_queue_and_report(trained)
     # instead (auto), stopped after 2 of them (--judge-stop 0.625), said in the output and the
     # report; the model's own embeddings vote, as a column; the judging run is cached, its model
     # folder gone
-    said = ("training dynamics of 1 judging run(s) of 2 of 3 scheduled epochs with seeds 43 (auto: under 5,000 "
+    said = ("training dynamics of 1 judging run(s) of 2 of 3 scheduled epochs, label smoothing 0.3, with seeds 43 "
+            "(auto: under 5,000 "
             "train examples the model's own record is left out: it trained fewer than 3 epochs)")
     assert said in res.output and said in report
     # and on small data judged by dynamics, every example whose most probable label is not the given one is flagged
