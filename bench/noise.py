@@ -95,6 +95,12 @@ def ranking_metrics(score: np.ndarray, is_error: np.ndarray) -> dict:
     }
 
 
+def flag_scores(flagged: np.ndarray, is_error: np.ndarray) -> dict:
+    """Precision and recall of a flagged set (N,) bool against the injected errors (N,) bool."""
+    return {"flag_precision": round(float(is_error[flagged].mean()) if flagged.any() else 0.0, 4),
+            "flag_recall": round(float(flagged[is_error].mean()), 4)}
+
+
 @signals.signal("area_under_margin", needs=(signals.DYNAMICS,))
 def area_under_margin(ev: signals.Evidence) -> np.ndarray:
     """Mean over epochs of (p given - max p other) (N,) in [-1, 1], lower = more likely mislabelled
@@ -120,8 +126,7 @@ def evaluate_path(noisy: np.ndarray, probs: np.ndarray, is_error: np.ndarray, se
     seconds += time.perf_counter() - t0
     flagged = table["is_issue"].to_numpy()
     flag = {
-        "flag_precision": round(float(is_error[flagged].mean()) if flagged.any() else 0.0, 4),
-        "flag_recall": round(float(flagged[is_error].mean()), 4),
+        **flag_scores(flagged, is_error),
         "flagged": int(flagged.sum()),
         "filter_by": filter_by,
         "seconds": round(seconds, 1),
@@ -240,8 +245,7 @@ def main() -> None:
                 tradeoff[str(k)] = {
                     **ranking_metrics(table["suspicion"].to_numpy(), is_error),
                     "self_confidence_ap": ranking_metrics(1 - table["self_confidence"].to_numpy(), is_error)["ap"],
-                    "flag_precision": round(float(is_error[flagged].mean()), 4),
-                    "flag_recall": round(float(flagged[is_error].mean()), 4),
+                    **flag_scores(flagged, is_error),
                     "cpu_time_ratio_vs_plain_training": round((plain + k * per_pass) / plain, 3),
                 }
             res["dynamics_epochs_tradeoff"] = tradeoff
@@ -372,8 +376,7 @@ def run_small(base: Config, settings: list[str], seeds: list[int], args) -> None
                 table = signal_table(noisy, signals.dynamics_probs(recorded), issue_filter(base, len(noisy))[0])
                 flagged = table["is_issue"].to_numpy()
                 res["all_epoch_records"] = {"records": len(recorded), **ranking_metrics(table["suspicion"].to_numpy(), is_error),
-                                            "flag_precision": round(float(is_error[flagged].mean()), 4),
-                                            "flag_recall": round(float(flagged[is_error].mean()), 4)}
+                                            **flag_scores(flagged, is_error)}
         res["runs"] = runs
         res["epoch_records_judging"] = len(epoch_probs[0])
         plain = runs[0]["train_seconds"] - runs[0]["dynamics_seconds"]
@@ -429,8 +432,7 @@ def flag_after(base: Config, setting: str, noisy_dd, is_error: np.ndarray, seed:
            "judge": judged.source, "judge_seconds": round(seconds, 1),
            "judge_cost_vs_model_plain_training": round(seconds / plain, 3),
            **ranking_metrics(table["suspicion"].to_numpy(), is_error),
-           "flagged": int(flagged.sum()), "flag_precision": round(float(is_error[flagged].mean()), 4),
-           "flag_recall": round(float(flagged[is_error].mean()), 4)}
+           "flagged": int(flagged.sum()), **flag_scores(flagged, is_error)}
     print(f"{setting:<28} flag after a {args.flag_after:g}-epoch model ({res['model_test_accuracy']:.1%}): AP {res['ap']:.3f}, "
           f"flagged precision {res['flag_precision']:.3f} recall {res['flag_recall']:.3f}; judge {seconds:.0f} s = "
           f"{res['judge_cost_vs_model_plain_training']:.2f}x the model's plain training")
