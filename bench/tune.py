@@ -14,6 +14,8 @@ budget allows, today's recipe is trained once more on the same device for its te
     python bench/tune.py --device cpu --trials 3 --timeout 2400 --min-epochs 1 --max-epochs 1 \\
         --max-train-samples 200 --final-train-samples 200 --max-eval-samples 400 --ensemble 2 --skip-recipe \\
         --name tune_cpu_smoke
+    # the ensemble's gain alone, on CPU: no search, 3 seeds of today's recipe (about 80 min on 2 cores)
+    python bench/tune.py --device cpu --trials 0 --ensemble 3 --name tune_cpu_ensemble
 
 Writes bench/results/<name>.json (default tune.json), also after the search alone and when the
 timeout or budget cuts the search, and prints progress as it goes.
@@ -31,7 +33,8 @@ from pathlib import Path
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    ap.add_argument("--trials", type=int, default=40, help="most trials in the search (today's recipe is the first)")
+    ap.add_argument("--trials", type=int, default=40,
+                    help="most trials in the search (today's recipe is the first); 0: no search, the ensemble of the recipe")
     ap.add_argument("--timeout", type=float, default=180, help="seconds for the search (the running trial ends first)")
     ap.add_argument("--budget", type=float, default=0,
                     help="seconds for search + final trainings; fewer ensemble members when short (0: no cap)")
@@ -53,6 +56,52 @@ def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def search(args, cfg, dd, out: dict, trial_done) -> tuple[dict | None, float, bool]:
+    """The Optuna search, recorded in ``out["search"]``: (best settings or None when it gave nothing,
+    seconds one training of them takes, whether today's recipe won)."""
+    from common import update_results
+
+    from cleanloop.errors import CleanloopError
+    from cleanloop.model.tune import SearchSpace, tune
+
+    space = SearchSpace(epochs=(args.min_epochs, args.max_epochs))
+    t0 = time.perf_counter()
+    try:
+        res = tune(cfg, dd, trials=args.trials, timeout=args.timeout, space=space, study_name="bench",
+                   progress=trial_done)
+    except CleanloopError as exc:
+        out["search"] = {"error": str(exc), "seconds": round(time.perf_counter() - t0, 1)}
+        update_results(args.name, out)
+        say(f"search gave nothing: {exc}")
+        return None, 0.0, False
+    search_s = time.perf_counter() - t0
+    import optuna
+
+    study = optuna.load_study(study_name="bench", storage=f"sqlite:///{res.storage.resolve()}")
+    best_trial = study.best_trial
+    out["search"] = {
+        "best_validation_macro_f1": res.best_value,
+        "recipe_validation_macro_f1": res.baseline_value,
+        "recipe_trial_params": study.trials[0].params,  # trial 0: the recipe moved into the search space
+        "gain_over_recipe": None if res.baseline_value is None else res.best_value - res.baseline_value,
+        "best_trial": res.best_trial,
+        "best_settings": res.best_settings,
+        "trials_complete": res.trials_complete,
+        "trials_pruned": res.trials_pruned,
+        "trials_failed": res.trials_failed,
+        "search_seconds": round(search_s, 1),
+        "search_train_examples": len(dd["train"]),
+        "space": {k: list(v) for k, v in vars(space).items()},
+        "trials": [{"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,
+                    "epochs_reported": t.last_step} for t in study.trials],
+    }
+    path = update_results(args.name, out)
+    say(f"search: best validation macro F1 {res.best_value:.4f} vs recipe {res.baseline_value} "
+        f"({res.trials_complete} complete, {res.trials_pruned} pruned, {search_s:.0f} s) -> {path}")
+    per_model = float(best_trial.user_attrs.get("train_seconds", 0)) * 1.15 + 15  # + loading, testing, saving
+    return res.best_settings, per_model, res.best_trial == 0
+
+
 def main() -> int:
     args = parse_args()
     if args.device == "cpu":
@@ -64,11 +113,9 @@ def main() -> int:
     from common import fresh_dir, update_results
 
     from cleanloop.config import Config
-    from cleanloop.errors import CleanloopError
     from cleanloop.model.data import bundled_emotion_dir, load_data
     from cleanloop.model.ensemble import seed_members, train_ensemble
     from cleanloop.model.predict import Predictor
-    from cleanloop.model.tune import SearchSpace, tune
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but torch sees no GPU", file=sys.stderr)
@@ -111,48 +158,21 @@ def main() -> int:
         log.append(line)
         update_results(args.name, {"search_log": log})
 
-    space = SearchSpace(epochs=(args.min_epochs, args.max_epochs))
-    t0 = time.perf_counter()
-    try:
-        res = tune(cfg, dd, trials=args.trials, timeout=args.timeout, space=space, study_name="bench",
-                   progress=trial_done)
-    except CleanloopError as exc:
-        out["search"] = {"error": str(exc), "seconds": round(time.perf_counter() - t0, 1)}
-        update_results(args.name, out)
-        say(f"search gave nothing: {exc}")
-        return 1
-    search_s = time.perf_counter() - t0
-    import optuna
-
-    study = optuna.load_study(study_name="bench", storage=f"sqlite:///{res.storage.resolve()}")
-    best_trial = study.best_trial
-    out["search"] = {
-        "best_validation_macro_f1": res.best_value,
-        "recipe_validation_macro_f1": res.baseline_value,
-        "recipe_trial_params": study.trials[0].params,  # trial 0: the recipe moved into the search space
-        "gain_over_recipe": None if res.baseline_value is None else res.best_value - res.baseline_value,
-        "best_trial": res.best_trial,
-        "best_settings": res.best_settings,
-        "trials_complete": res.trials_complete,
-        "trials_pruned": res.trials_pruned,
-        "trials_failed": res.trials_failed,
-        "search_seconds": round(search_s, 1),
-        "search_train_examples": len(dd["train"]),
-        "space": {k: list(v) for k, v in vars(space).items()},
-        "trials": [{"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,
-                    "epochs_reported": t.last_step} for t in study.trials],
-    }
-    path = update_results(args.name, out)
-    say(f"search: best validation macro F1 {res.best_value:.4f} vs recipe {res.baseline_value} "
-        f"({res.trials_complete} complete, {res.trials_pruned} pruned, {search_s:.0f} s) -> {path}")
+    if args.trials:
+        settings, per_model, recipe_won = search(args, cfg, dd, out, trial_done)
+        if settings is None:
+            return 1
+    else:  # the ensemble's gain over one model of today's recipe, without a search's cost
+        out["search"] = {"skipped": "--trials 0: the final trainings are today's recipe"}
+        settings, per_model, recipe_won = {}, 0.0, True
+        say("no search (--trials 0): an ensemble of today's recipe")
 
     # --- final trainings: the tuned model (seed 42) and N-1 more seeds, as one ensemble -------------
-    final = cfg.replace(**res.best_settings, max_train_samples=args.final_train_samples)
+    final = cfg.replace(**settings, max_train_samples=args.final_train_samples)
     n = args.ensemble
-    per_model = float(best_trial.user_attrs.get("train_seconds", 0)) * 1.15 + 15  # + loading, testing, saving
     if args.final_train_samples != args.max_train_samples:
         per_model *= len(load(final)["train"]) / len(dd["train"])
-    if args.budget:
+    if args.budget and per_model:
         left = args.budget - (time.perf_counter() - t_start)
         n = max(1, min(n, int(left // per_model)))
         say(f"budget: {left:.0f} s left, ~{per_model:.0f} s per training -> ensemble of {n}")
@@ -194,8 +214,9 @@ def main() -> int:
 
     # --- today's recipe on the same device and data, tested, when time is left -----------------------
     left = args.budget - (time.perf_counter() - t_start) if args.budget else float("inf")
-    if res.best_trial == 0:
-        out["recipe_same_run"] = {"same_as": "tuned_single (the recipe won the search)", **out["final"]["tuned_single"]}
+    if recipe_won:
+        why = "won the search" if args.trials else "is what the final step trained"
+        out["recipe_same_run"] = {"same_as": f"tuned_single (the recipe {why})", **out["final"]["tuned_single"]}
     elif args.skip_recipe:
         out["recipe_same_run"] = {"skipped": "--skip-recipe"}
     elif left > per_model * 1.2:
