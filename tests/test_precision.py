@@ -88,6 +88,8 @@ def test_predictor_int8_quantizes_once_and_auto_obeys_the_recorded_check(tiny_mo
     p8 = Predictor.load(tiny_model, device="cpu", precision="int8")
     assert p8.precision == "int8" and precision.is_quantized(p8.model)
     assert precision.prepare(p8.model, "int8") is p8.model  # not quantized twice
+    quantized = [m for m in p8.model.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+    assert {m.weight().qscheme() for m in quantized} == {torch.per_channel_affine}  # one scale per output row
     # a model whose check found bf16 changing top labels: auto keeps fp32 wherever it loads
     folder = tmp_path / "model"
     shutil.copytree(tiny_model, folder)
