@@ -16,6 +16,8 @@ budget allows, today's recipe is trained once more on the same device for its te
         --name tune_cpu_smoke
     # the ensemble's gain alone, on CPU: no search, 3 seeds of today's recipe (about 80 min on 2 cores)
     python bench/tune.py --device cpu --trials 0 --ensemble 3 --name tune_cpu_ensemble
+    # the first-k-members table alone, for an ensemble folder an earlier run trained
+    python bench/tune.py --device cpu --sizes-of bench/out/tune/cpu/ensemble --name tune_cpu_ensemble
 
 Writes bench/results/<name>.json (default tune.json), also after the search alone and when the
 timeout or budget cuts the search, and prints progress as it goes.
@@ -47,6 +49,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--max-epochs", type=int, default=6)
     ap.add_argument("--eval-batch-size", type=int, default=0, help="0: 256 on a GPU, 64 on CPU")
     ap.add_argument("--skip-recipe", action="store_true", help="do not train today's recipe for its test figures")
+    ap.add_argument("--sizes-of", default=None, metavar="FOLDER",
+                    help="no training: add the ensemble-size table of the ensemble FOLDER of an earlier run to the results")
     ap.add_argument("--name", default="tune", help="results file bench/results/<name>.json")
     ap.add_argument("--workdir", default=str(Path(__file__).resolve().parent / "out" / "tune"))
     return ap.parse_args()
@@ -102,6 +106,27 @@ def search(args, cfg, dd, out: dict, trial_done) -> tuple[dict | None, float, bo
     return res.best_settings, per_model, res.best_trial == 0
 
 
+def ensemble_sizes(folder: Path, dd) -> dict:
+    """Accuracy and macro F1 on validation and test of the ensembles of the first k members of the
+    ensemble ``folder`` (k = 1 .. N; fp32), from one pass of each member over each split."""
+    import numpy as np
+
+    from cleanloop.model.metrics import classification_metrics
+    from cleanloop.model.predict import Predictor
+
+    members = sorted(folder.glob("member-*"), key=lambda p: int(p.name.split("-")[1]))
+    table: dict = {}
+    for split in ("validation", "test"):
+        texts, y = list(dd[split]["text"]), np.asarray(dd[split]["label"])
+        names = dd[split].features["label"].names
+        probs = [Predictor.load(m, precision="fp32").predict_arrays(texts, batch_size=64)["probs"] for m in members]
+        for k in range(1, len(members) + 1):
+            pred = np.mean(probs[:k], axis=0).argmax(1)
+            m = classification_metrics(y, pred, names)
+            table.setdefault(str(k), {})[split] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+    return table
+
+
 def main() -> int:
     args = parse_args()
     if args.device == "cpu":
@@ -126,7 +151,9 @@ def main() -> int:
     device = torch.cuda.get_device_name(0) if gpu else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     say(f"device {device}; torch {torch.__version__}; bf16 training: {gpu and torch.cuda.is_bf16_supported()}")
 
-    work = fresh_dir(Path(args.workdir) / ("cuda" if gpu else "cpu"))  # a fresh study every run
+    work = Path(args.workdir) / ("cuda" if gpu else "cpu")
+    if not args.sizes_of:
+        fresh_dir(work)  # a fresh study every run
     recipe = dict(epochs=4.0, learning_rate=1.5e-4, label_smoothing=0.1, batch_size=32, weight_decay=0.01,
                   warmup_ratio=0.06, class_weights=False)
     cfg = Config(dataset=str(bundled_emotion_dir()), workdir=str(work), record_dynamics=False,
@@ -140,6 +167,12 @@ def main() -> int:
         return d
 
     dd = load(cfg)
+    if args.sizes_of:
+        sizes = ensemble_sizes(Path(args.sizes_of), dd)
+        path = update_results(args.name, {"ensemble_sizes": sizes})
+        say("first k members, test accuracy / macro F1: " + ", ".join(
+            f"{k}: {v['test']['accuracy']:.2%} / {v['test']['macro_f1']:.3f}" for k, v in sizes.items()) + f" -> {path}")
+        return 0
     say(f"search data: train {len(dd['train']):,}, validation {len(dd['validation']):,} (test not used)")
     out: dict = {
         "goal": {"test_accuracy": 0.94, "test_macro_f1": 0.90},
@@ -193,6 +226,7 @@ def main() -> int:
         "members": ens.metrics["members"],
         "member_average": ens.metrics["member_average"],
     }
+    out["ensemble_sizes"] = ensemble_sizes(ens.output_dir, dd_final)
     best_acc = max(single["test"]["accuracy"], ens.metrics["test"]["accuracy"])
     best_f1 = max(single["test"]["macro_f1"], ens.metrics["test"]["macro_f1"])
     out["goal_met"] = best_acc >= 0.94 and best_f1 >= 0.90
