@@ -115,6 +115,8 @@ def ensemble_sizes(folder: Path, dd) -> dict:
     from cleanloop.model.predict import Predictor
 
     members = sorted(folder.glob("member-*"), key=lambda p: int(p.name.split("-")[1]))
+    if not members:
+        raise SystemExit(f"error: {folder} holds no member-N folders; fix: pass the ensemble folder of a bench/tune.py run")
     table: dict = {}
     for split in ("validation", "test"):
         texts, y = list(dd[split]["text"]), np.asarray(dd[split]["label"])
