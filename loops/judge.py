@@ -244,11 +244,10 @@ def _seed_dynamics(cfg: Config, train_ds, wd: Workdir, seed: int, shape: tuple[i
     result = ClassifierTrainer(run_cfg, callbacks=(_stop_after(stop),), workdir=wd).train(datasets.DatasetDict(splits), out)
     records = np.load(out / "dynamics.npz")["probs"]
     wd.save_npy(cache, records)  # atomic: a kill never leaves half a cache
+    shutil.rmtree(out, ignore_errors=True)
     if held_out is not None:
         confusion = np.asarray(result.metrics["test"]["confusion_matrix"])
         wd.save_npy(confusion_cache, confusion)
-    shutil.rmtree(out, ignore_errors=True)
-    if held_out is not None:
         _check_judging_run(cfg, confusion, train_ds, seed)
     return records
 
