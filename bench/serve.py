@@ -1,5 +1,6 @@
 """Serving benchmark: texts per second through the Python batch path, through ``cleanloop serve``
-under concurrent clients each sending one tweet per request, and through a naive FastAPI server
+under concurrent clients each sending one tweet per request (its groups packed without padding
+where the model allows, as ``/health`` says), and through a naive FastAPI server
 that makes one ``transformers.pipeline`` call per request, all in the same run.
 
     python bench/serve.py                          # model of bench/core.py, 16 clients, 3 x 20 s per phase
@@ -265,6 +266,7 @@ def main() -> None:
         "max_wait_ms": args.max_wait_ms,
         "max_batch": args.max_batch,
         "max_length": args.max_length,
+        "served_groups": "packed into unpadded sequences" if health.get("packed") else "padded batches",
         "precision": {"asked": args.precision, "batch_path": predictor.precision, "served": health.get("precision"),
                       "why": predictor.precision_reason, "naive": "fp32"},
         "model": model_kind,

@@ -16,6 +16,8 @@ from cleanloop.model.infer import (
     default_device,
     encoder_step,
     forward_batches,
+    packed_forward,
+    packing_agrees,
     resolve_model_name,
 )
 from cleanloop.model.precision import checks_of, prepare, resolve
@@ -59,6 +61,7 @@ class Predictor:
         self.max_length = max_length
         self.head = head  # sklearn classifier over frozen features, or None
         self.pooling = pooling
+        self._packs: bool | None = None  # see packs()
 
     @classmethod
     def load(
@@ -122,6 +125,21 @@ class Predictor:
         probs[:, self.head.classes_] = self.head.predict_proba(feats)
         return {"probs": probs, "embeddings": feats}
 
+    def packs(self) -> bool:
+        """Whether :meth:`predict_group` packs texts without padding: a fine-tuned classifier whose
+        packed answers match its padded ones (checked once, on a few probe texts)."""
+        if self._packs is None:
+            self._packs = self.head is None and packing_agrees(self.model, self.tokenizer, self.max_length,
+                                                               self.precision)
+        return self._packs
+
+    def predict_group(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """``probs`` (N, C) of a small group of texts in arrival order (the served path's groups):
+        packed into unpadded sequences where :meth:`packs`, else :meth:`predict_arrays`' padded batches."""
+        if self.packs():
+            return packed_forward(self.model, self.tokenizer, texts, self.max_length, self.precision)["probs"]
+        return self.predict_arrays(texts, batch_size)["probs"]
+
     def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[Prediction]:
         """One :class:`Prediction` per text, in input order."""
         probs = self.predict_arrays(texts, batch_size)["probs"] if len(texts) else np.zeros((0, 0))
@@ -172,3 +190,11 @@ class EnsemblePredictor(Predictor):
         if not outs[0]:
             return outs[0]
         return {"probs": np.mean([o["probs"] for o in outs], axis=0), "embeddings": outs[0]["embeddings"]}
+
+    def packs(self) -> bool:
+        """Whether every member packs (:meth:`Predictor.packs`)."""
+        return all([m.packs() for m in self.members])
+
+    def predict_group(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Like :meth:`Predictor.predict_group`: the members' mean, each packed where it packs."""
+        return np.mean([m.predict_group(texts, batch_size) for m in self.members], axis=0)

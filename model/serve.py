@@ -2,9 +2,10 @@
 
 ``create_app(predictor)`` returns a FastAPI app with ``POST /predict``, ``GET /health``
 and ``GET /labels``. Concurrent requests are queued and one worker thread groups them
-into a single :meth:`Predictor.predict_arrays` call (length-sorted, dynamically padded
-batches), waiting at most ``max_wait_ms`` for company, so throughput under many
-small requests stays close to the batch path.
+into a single :meth:`Predictor.predict_group` call (the group's texts packed into one
+sequence without padding, where the model allows it, else length-sorted padded batches),
+waiting at most ``max_wait_ms`` for company, so throughput under many small requests
+stays close to the batch path.
 
 Bad input always gets a 4xx with a one-line ``detail`` saying what was expected and
 the fix; request bodies are never logged nor echoed back.
@@ -74,7 +75,7 @@ class _Job:
 
 
 class MicroBatcher:
-    """Group concurrent prediction requests into one ``predict_arrays`` call.
+    """Group concurrent prediction requests into one ``predict_group`` call.
 
     One daemon thread takes the oldest waiting request, then gathers more until the
     group holds ``max_batch`` texts or ``max_wait_ms`` has passed since that oldest
@@ -107,9 +108,9 @@ class MicroBatcher:
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._pending = 0  # texts queued or being predicted
         self._lock = threading.Lock()
-        self.groups = 0  # predict_arrays calls made, for /health, tests and the benchmark
+        self.groups = 0  # predict_group calls made, for /health, tests and the benchmark
         self.texts_done = 0
-        self.busy_seconds = 0.0  # time spent inside predict_arrays
+        self.busy_seconds = 0.0  # time spent inside predict_group
         self._thread: threading.Thread | None = None
         self.start()
 
@@ -175,7 +176,7 @@ class MicroBatcher:
             texts = [t for j in live for t in j.texts]
             t0 = time.perf_counter()
             try:
-                probs = self.predictor.predict_arrays(texts, batch_size=self.batch_size)["probs"]
+                probs = self.predictor.predict_group(texts, batch_size=self.batch_size)
             except Exception as exc:  # noqa: BLE001 - handed to every waiting request
                 log.exception("prediction failed for a group of %d texts", len(texts))
                 for j in live:
@@ -503,6 +504,7 @@ body is limited to what such texts need, counted as it is read, chunked or not).
             "model": model_name,
             "labels": num_labels,
             "precision": predictor.precision,
+            "packed": predictor.packs(),
             "pending": batcher.pending,
             "model_calls": batcher.groups,
             "texts_predicted": batcher.texts_done,

@@ -100,6 +100,38 @@ def test_batch_size_and_batch_company_do_not_change_probabilities(predictor, ref
     np.testing.assert_allclose(mixed, reference, atol=1e-5)
 
 
+def test_served_groups_are_packed_without_changing_probabilities(predictor, reference):
+    """The served path packs a group's texts into unpadded sequences: same answers as padded batches,
+    also when the group spans several sequences (a small token budget)."""
+    from cleanloop.model.infer import packed_forward
+
+    assert predictor.packs()
+    np.testing.assert_allclose(predictor.predict_group(TEXTS), reference, atol=1e-5)
+    small = packed_forward(predictor.model, predictor.tokenizer, TEXTS, predictor.max_length, max_tokens=16)
+    padded = predictor.predict_arrays(TEXTS)
+    np.testing.assert_allclose(small["probs"], reference, atol=1e-5)
+    np.testing.assert_allclose(small["embeddings"], padded["embeddings"], atol=1e-4)
+
+
+def test_a_model_whose_packed_answers_differ_is_served_padded(predictor):
+    """RoBERTa counts positions from its padding index, so packing with positions from 0 changes its
+    answers: the check refuses it and predict_group falls back to padded batches."""
+    import torch
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from cleanloop.model.infer import classifier_step, forward_batches, packed_forward
+
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=predictor.tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, intermediate_size=64, num_labels=3, pad_token_id=0,
+                           max_position_embeddings=80)
+    roberta = Predictor(RobertaForSequenceClassification(config).eval(), predictor.tokenizer, ["a", "b", "c"])
+    padded = forward_batches(roberta.model, roberta.tokenizer, TEXTS, classifier_step)["probs"]
+    assert np.abs(packed_forward(roberta.model, roberta.tokenizer, TEXTS)["probs"] - padded).max() > 1e-4
+    assert not roberta.packs()
+    np.testing.assert_allclose(roberta.predict_group(TEXTS), padded, atol=1e-6)
+
+
 def test_prediction_record_top_k(predictor, reference):
     preds = predictions_from_probs(reference, LABELS)
     rec = prediction_record(preds[0], top_k=3)

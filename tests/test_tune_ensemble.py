@@ -96,6 +96,8 @@ def test_ensemble_folder_loads_as_one_model_with_averaged_probabilities(tiny_emo
     members = [Predictor.load(folder / m, precision="fp32").predict_arrays(texts)["probs"] for m in ("member-0", "member-1")]
     assert not np.allclose(members[0], members[1], atol=1e-3)  # two seeds, two models
     np.testing.assert_allclose(probs, (members[0] + members[1]) / 2, atol=1e-5)
+    assert pred.packs()  # the served path: each member packed, then the mean
+    np.testing.assert_allclose(pred.predict_group(texts[:12]), probs[:12], atol=1e-5)
     acc = classification_metrics(np.asarray(dd["test"]["label"]), probs.argmax(1), pred.label_names)["accuracy"]
     assert acc == pytest.approx(metrics["test"]["accuracy"])
 

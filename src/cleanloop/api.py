@@ -668,6 +668,8 @@ def serve(cfg: Config, *, model: str | Path | None = None, host: str = "127.0.0.
     sock = listen_socket(host, port)  # a taken port is said now, not after the model has loaded
     port = sock.getsockname()[1]
     folder, predictor = _load_predictor(cfg, model)
+    log.info("each group of requests runs packed into unpadded sequences (checked: same answers as padded batches)"
+             if predictor.packs() else "each group of requests runs in padded batches (this model cannot be packed)")
     app = create_app(
         predictor, max_texts=max_texts, max_chars=max_chars, truncate=truncate,
         max_wait_ms=max_wait_ms, max_batch=max_batch,
