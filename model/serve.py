@@ -443,6 +443,7 @@ body is limited to what such texts need, counted as it is read, chunked or not).
     text_limit = max_chars * TRUNCATE_FACTOR if truncate else max_chars
     PredictRequest, PredictResponse, ErrorResponse = _schemas(labels, max_texts, max_chars, text_limit, truncate)
 
+    packed = predictor.packs()  # checked once here, before any request, not in the event loop nor the batcher
     batcher = MicroBatcher(predictor, max_wait_ms=max_wait_ms, max_batch=max_batch, batch_size=batch_size)
 
     @asynccontextmanager
@@ -504,7 +505,7 @@ body is limited to what such texts need, counted as it is read, chunked or not).
             "model": model_name,
             "labels": num_labels,
             "precision": predictor.precision,
-            "packed": predictor.packs(),
+            "packed": packed,
             "pending": batcher.pending,
             "model_calls": batcher.groups,
             "texts_predicted": batcher.texts_done,
