@@ -12,8 +12,8 @@ A session, :func:`run_session`:
    cosine similarity to the label anchors) and pushed to Argilla (``<argilla_dataset>-label``) with
    the suggestion pre-selected and its score;
 2. as answers arrive (polled from Argilla into the journal, the same path as the review loop) the
-   light head (:class:`LightHead`, logistic regression on the cached embeddings: a fraction of a second)
-   is refitted;
+   light head (:class:`LightHead`, logistic regression on the cached embeddings: about a second)
+   is refitted on all of them just before it picks the next batch;
 3. once only ``prefetch`` records of the pending batches are left unanswered, the next batch is picked
    with the freshest head and queued in Argilla: the annotator finds it there when they finish.
 
@@ -451,14 +451,14 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
 
     The background fine-tune (``opts.finetune_after`` labels, then each time the labels grew by
     ``opts.finetune_growth``): a snapshot of the labels fine-tunes the encoder in a child process
-    (:class:`BackgroundFinetune`) while the session goes on polling, refitting and queueing. When it is done,
+    (:class:`BackgroundFinetune`) while the session goes on polling and queueing. When it is done,
     :func:`held_out_check` compares it with the light model it would replace: both as the light head fitted
     on the snapshot's training labels, scored on ``opts.finetune_holdout`` of the snapshot that neither
     encoder trained on. A held-out share of the snapshot, rather than the answers that came in meanwhile:
     those were picked by the current head as the ones it is least sure of (a check biased against it),
     and few may come in; the held-out share is there the moment the fine-tune ends and is drawn like the
     training labels. If the fine-tune wins, the light head moves onto its embeddings (and anchors) and is
-    refitted there on every answer from then on: the batches say ``finetuned-logreg@<labels>``; if not,
+    refitted there from then on: the batches say ``finetuned-logreg@<labels>``; if not,
     the current head stays. Each fine-tune is recorded in ``session.json`` (``finetunes``). The session's
     end (any) terminates a running fine-tune and removes its folder; a resumed session starts from the
     last accepted one (``loop/finetune/accepted``). eval_texts: texts the fine-tunes also embed (a labelled
@@ -516,13 +516,19 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
                         acfg.argilla_dataset, int(pending.sum()))
             pending[:] = False
 
+    stale = True  # labels came in (or the encoder changed) since the head was last fitted
+
     def refit() -> None:
+        """Fit the head on every label so far. Only just before it picks: fitting on every answer kept
+        a core busy on 2 CPU cores (1 s per fit at 500 labels), which the background fine-tune needs."""
+        nonlocal stale
         lab = np.flatnonzero(labels >= 0)
         head.fit(encoder.embeddings[lab], labels[lab])
+        stale = False
 
     def finetune_step() -> None:
         """Start a background fine-tune when it is due; take in (or refuse) a finished one."""
-        nonlocal running, encoder, head
+        nonlocal running, encoder, head, stale
         if running is not None:
             if not running.finished():
                 return
@@ -550,7 +556,7 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
                 replace_folder(job.folder.root, accepted.root)
                 encoder = Encoder.load(accepted)
                 head = make_head(encoder.anchors, encoder)
-                refit()
+                stale = True
             else:
                 remove_finetune(job.folder)
             save()
@@ -579,6 +585,8 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
         if n <= 0:
             return None
         t0 = clock()
+        if stale:
+            refit()
         idx, probs, used = pick_batch(opts.strategy, head, encoder.embeddings, labels, pending, n, rng)
         if len(idx) == 0:
             return None
@@ -606,7 +614,6 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
                                     "finetunes": finetunes})
 
     try:
-        refit()
         if not pending.any():
             queue_next()
             save()
@@ -619,7 +626,7 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
                 labels = _labels_from_journal(pool, journal)
                 pending &= labels == -1
                 last_answer = clock()
-                refit()
+                stale = True
                 now = round(clock() - start, 3)
                 for k, b in enumerate(batches):
                     if b.completed_at is None and not pending[[row[i] for i in b.ids]].any():
