@@ -360,8 +360,8 @@ def _finetune_job(job: dict) -> None:
 
     from cleanloop.loops.active import FinetuneLearner
 
-    os.nice(10)  # the annotator-facing session keeps the priority
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    os.nice(10)  # the annotator-facing session keeps the priority...
+    torch.set_num_threads(os.cpu_count() or 1)  # ...and the fine-tune takes every core the session leaves idle
     parent = os.getppid()
 
     def orphaned() -> None:  # the session was killed: stop rather than write into a folder nobody watches
