@@ -12,7 +12,7 @@ A session, :func:`run_session`:
    cosine similarity to the label anchors) and pushed to Argilla (``<argilla_dataset>-label``) with
    the suggestion pre-selected and its score;
 2. as answers arrive (polled from Argilla into the journal, the same path as the review loop) the
-   light head (:class:`LightHead`, logistic regression on the cached embeddings: about a second)
+   light head (:class:`LightHead`, logistic regression on the cached embeddings: under a second)
    is refitted on all of them just before it picks the next batch;
 3. once only ``prefetch`` records of the pending batches are left unanswered, the next batch is picked
    with the freshest head and queued in Argilla: the annotator finds it there when they finish.
@@ -520,7 +520,7 @@ def run_session(cfg: Config, opts: ActiveOptions, *, pool: PoolData, embeddings:
 
     def refit() -> None:
         """Fit the head on every label so far. Only just before it picks: fitting on every answer kept
-        a core busy on 2 CPU cores (1 s per fit at 500 labels), which the background fine-tune needs."""
+        the session at 137% CPU on 2 cores (one `top` reading), taken from the background fine-tune."""
         nonlocal stale
         lab = np.flatnonzero(labels >= 0)
         head.fit(encoder.embeddings[lab], labels[lab])
