@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cleanloop.config import SERVE_MAX_BATCH, SERVE_MAX_WAIT_MS
+from cleanloop.config import SERVE_MAX_BATCH, SERVE_MAX_GAP_MS, SERVE_MAX_WAIT_MS
 
 ROOT = Path(__file__).resolve().parent.parent
 VALIDATION = ROOT / "model" / "datasets" / "emotion" / "validation.parquet"
@@ -265,6 +265,7 @@ def main() -> None:
         "texts_per_model_call": round(health["texts_predicted"] / max(health["model_calls"], 1), 1),
         "max_wait_ms": args.max_wait_ms,
         "max_batch": args.max_batch,
+        "max_gap_ms": SERVE_MAX_GAP_MS,
         "max_length": args.max_length,
         "served_groups": "packed into unpadded sequences" if health.get("packed") else "padded batches",
         "precision": {"asked": args.precision, "batch_path": predictor.precision, "served": health.get("precision"),

@@ -4,8 +4,8 @@
 and ``GET /labels``. Concurrent requests are queued and one worker thread groups them
 into a single :meth:`Predictor.predict_group` call (the group's texts packed into one
 sequence without padding, where the model allows it, else length-sorted padded batches),
-waiting at most ``max_wait_ms`` for company, so throughput under many small requests
-stays close to the batch path.
+waiting at most ``max_wait_ms`` for company, and no longer than ``max_gap_ms`` after the last
+request came, so throughput under many small requests stays close to the batch path.
 
 Bad input always gets a 4xx with a one-line ``detail`` saying what was expected and
 the fix; request bodies are never logged nor echoed back.
@@ -30,7 +30,7 @@ from typing import Annotated
 
 import numpy as np
 
-from cleanloop.config import SERVE_MAX_BATCH, SERVE_MAX_WAIT_MS
+from cleanloop.config import SERVE_MAX_BATCH, SERVE_MAX_GAP_MS, SERVE_MAX_WAIT_MS
 from cleanloop.model.predict import Prediction, Predictor
 
 log = logging.getLogger("cleanloop.serve")
@@ -78,10 +78,12 @@ class MicroBatcher:
     """Group concurrent prediction requests into one ``predict_group`` call.
 
     One daemon thread takes the oldest waiting request, then gathers more until the
-    group holds ``max_batch`` texts or ``max_wait_ms`` has passed since that oldest
+    group holds ``max_batch`` texts, ``max_wait_ms`` has passed since that oldest
     request arrived (so requests that already waited behind a busy model are not
-    held any longer). A request is never split; a group may overshoot ``max_batch``
-    by at most one request.
+    held any longer), or no request has come for ``max_gap_ms`` (the clients that
+    were answered have come back: a group of every waiting client is not held for
+    company that will not come). A request is never split; a group may overshoot
+    ``max_batch`` by at most one request.
 
     ``submit(texts)`` returns a :class:`concurrent.futures.Future` of the (n, C)
     probability array for those texts, rows in order.
@@ -94,14 +96,16 @@ class MicroBatcher:
         max_batch: int = SERVE_MAX_BATCH,
         batch_size: int = 32,
         max_pending: int = 8192,
+        max_gap_ms: float = SERVE_MAX_GAP_MS,
     ):
-        if max_wait_ms < 0 or max_batch < 1 or batch_size < 1:
+        if max_wait_ms < 0 or max_gap_ms < 0 or max_batch < 1 or batch_size < 1:
             raise ValueError(
-                f"expected max_wait_ms >= 0, max_batch >= 1, batch_size >= 1, "
-                f"got {max_wait_ms!r}, {max_batch!r}, {batch_size!r}"
+                f"expected max_wait_ms >= 0, max_gap_ms >= 0, max_batch >= 1, batch_size >= 1, "
+                f"got {max_wait_ms!r}, {max_gap_ms!r}, {max_batch!r}, {batch_size!r}"
             )
         self.predictor = predictor
         self.max_wait = max_wait_ms / 1000.0
+        self.max_gap = max_gap_ms / 1000.0
         self.max_batch = max_batch
         self.batch_size = batch_size
         self.max_pending = max_pending
@@ -148,7 +152,7 @@ class MicroBatcher:
             jobs, n = [job], len(job.texts)
             deadline = job.enqueued + self.max_wait
             while n < self.max_batch:
-                wait = deadline - time.monotonic()
+                wait = min(deadline - time.monotonic(), self.max_gap)
                 try:
                     nxt = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:

@@ -101,6 +101,21 @@ def test_micro_batcher_groups_requests(predictor, reference):
         batcher.close()
 
 
+def test_micro_batcher_stops_gathering_after_a_lull(predictor, reference):
+    # a lone request is not held for max_wait_ms (a minute here): no company came within max_gap_ms
+    batcher = MicroBatcher(predictor, max_wait_ms=60_000, max_batch=64, max_gap_ms=200)
+    try:
+        np.testing.assert_allclose(batcher.submit([TEXTS[0]]).result(timeout=30), reference[:1], atol=1e-5)
+        # a request that comes within the gap joins the group
+        first = batcher.submit([TEXTS[0]])
+        time.sleep(0.005)
+        second = batcher.submit([TEXTS[1]])
+        first.result(timeout=30), second.result(timeout=30)
+        assert batcher.groups == 2
+    finally:
+        batcher.close()
+
+
 def test_truncate_mode_cuts_and_says_so(predictor):
     app = create_app(predictor, max_chars=12, truncate=True)
     long_text = "i feel so happy and grateful today"

@@ -44,11 +44,13 @@ DEFAULT_BASE_MODEL = "packaged:all-MiniLM-L6-v2"
 DEFAULT_DATASET = "dair-ai/emotion"
 
 
-# `cleanloop serve` micro-batching defaults. Small groups overlap: while the model runs one group,
-# the next group's requests are read and the last group's answers written. Chosen with bench/serve.py
-# (figures: bench/results/serve.json and the README).
+# `cleanloop serve` micro-batching defaults. A group gathers requests until it holds SERVE_MAX_BATCH
+# texts, its oldest request has waited SERVE_MAX_WAIT_MS, or no request came for SERVE_MAX_GAP_MS (the
+# clients that are coming have come: a group of every waiting client is not held for company that will
+# not arrive). Chosen with bench/serve.py and A/B runs (figures: bench/results/serve.json, the README).
 SERVE_MAX_WAIT_MS = 10.0
-SERVE_MAX_BATCH = 8
+SERVE_MAX_BATCH = 16
+SERVE_MAX_GAP_MS = 2.0
 
 # Numeric precisions (cleanloop.model.precision): 'auto' picks bf16 where the hardware runs it natively.
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
