@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from cleanloop.cli.options import app, config_options
-from cleanloop.config import SERVE_MAX_BATCH, SERVE_MAX_WAIT_MS, Config
+from cleanloop.config import SERVE_MAX_BATCH, SERVE_MAX_GAP_MS, SERVE_MAX_WAIT_MS, Config
 from cleanloop.errors import CleanloopError
 from cleanloop.model.readers import read_texts
 
@@ -106,7 +106,8 @@ def predict(
               help="Most characters per text (413 beyond, unless --truncate).")
 @click.option("--truncate", is_flag=True, help="Cut texts over --max-chars instead of refusing them (said in the response).")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=SERVE_MAX_WAIT_MS, show_default=True,
-              help="How long a request may wait for others to share its batch.")
+              help="How long a request may wait for others to share its batch (gathering also stops "
+                   f"once no request has come for {SERVE_MAX_GAP_MS:g} ms).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=SERVE_MAX_BATCH, show_default=True,
               help="Texts gathered into one model call before it starts.")
 def serve(
