@@ -91,7 +91,7 @@ def test_concurrent_requests_are_batched_and_answered_in_order(client, reference
 
 
 def test_micro_batcher_groups_requests(predictor, reference):
-    batcher = MicroBatcher(predictor, max_wait_ms=200, max_batch=64)
+    batcher = MicroBatcher(predictor, max_wait_ms=200, max_batch=64, max_gap_ms=200)
     try:
         futures = [batcher.submit([t]) for t in TEXTS]
         got = np.concatenate([f.result(timeout=30) for f in futures])
