@@ -5,6 +5,7 @@ that makes one ``transformers.pipeline`` call per request, all in the same run.
 
     python bench/serve.py                          # model of bench/core.py, 16 clients, 3 x 20 s per phase
     python bench/serve.py --model runs/emotion/model --clients 32 --seconds 10
+    python bench/serve.py --model M --ensemble E   # also an ensemble folder served (its cost, same run)
 
 Everything runs on 127.0.0.1; the servers are child processes on free ports. The three phases
 alternate --repeats times and the figures are medians (shared 2-core machines are noisy).
@@ -185,6 +186,8 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=SERVE_MAX_BATCH)
     ap.add_argument("--precision", default="auto", help="precision of the batch path and cleanloop serve "
                     "(the naive server stays fp32): auto, fp32, bf16 or int8")
+    ap.add_argument("--ensemble", default=None, help="also serve this ensemble folder (cleanloop train --ensemble) "
+                    "in each run: its texts/s against the single model's, same clients")
     ap.add_argument("--out", default="bench/out/serve", help="server logs and the fallback model")
     ap.add_argument("--naive-server", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -213,16 +216,19 @@ def main() -> None:
 
     predictor = Predictor.load(model, device="cpu", max_length=args.max_length, precision=args.precision)
     exe = str(Path(sys.executable).with_name("cleanloop"))
-    served_port, naive_port = free_port(), free_port()
-    procs = [
-        start_server([exe, "serve", "--model", model, "--port", str(served_port), "--max-wait-ms",
-                      str(args.max_wait_ms), "--max-batch", str(args.max_batch), "--eval-batch-size",
-                      str(args.batch_size), "--max-length", str(args.max_length), "--precision", args.precision],
-                     served_port, out / "served.log"),
-    ]
+    served_port, naive_port, ensemble_port = free_port(), free_port(), free_port()
+
+    def serve_cmd(folder: str, port: int) -> list[str]:
+        return [exe, "serve", "--model", folder, "--port", str(port), "--max-wait-ms", str(args.max_wait_ms),
+                "--max-batch", str(args.max_batch), "--eval-batch-size", str(args.batch_size), "--max-length",
+                str(args.max_length), "--precision", args.precision]
+
+    procs = [start_server(serve_cmd(model, served_port), served_port, out / "served.log")]
     try:  # both servers wait idle while the other phases run; phases alternate so drift hits all three alike
         procs.append(start_server([sys.executable, __file__, "--model", model, "--naive-server", str(naive_port),
                                    "--max-length", str(args.max_length)], naive_port, out / "naive.log"))
+        if args.ensemble:
+            procs.append(start_server(serve_cmd(args.ensemble, ensemble_port), ensemble_port, out / "ensemble.log"))
         runs = []
         for k in range(args.repeats):
             batch = bench_batch(predictor, texts, args.batch_size, args.seconds)
@@ -231,8 +237,12 @@ def main() -> None:
             runs.append({"batch_per_s": batch, "served": served, "naive": naive,
                          "served_vs_batch": round(served["per_s"] / batch, 2),
                          "served_vs_naive": round(served["per_s"] / naive["per_s"], 2) if naive["per_s"] else None})
+            if args.ensemble:
+                ens = load(ensemble_port, texts, args.clients, args.seconds, args.warmup)
+                runs[-1].update(ensemble=ens, single_vs_ensemble=round(served["per_s"] / ens["per_s"], 2)
+                                if ens["per_s"] else None)
             print(f"  run {k + 1}: batch {batch}/s, served {served['per_s']}/s (p95 {served['p95_ms']} ms), "
-                  f"naive {naive['per_s']}/s", flush=True)
+                  f"naive {naive['per_s']}/s" + (f", ensemble {ens['per_s']}/s" if args.ensemble else ""), flush=True)
         conn = http.client.HTTPConnection("127.0.0.1", served_port, timeout=10)
         conn.request("GET", "/health")
         health = json.loads(conn.getresponse().read())
@@ -275,13 +285,24 @@ def main() -> None:
         "load_generator": "one thread per client, http.client keep-alive connections",
         "load_average_at_start": [round(x, 2) for x in load_at_start],  # other work sharing the cores
     }
+    # the ensemble's figures belong to this run or to none (a run without --ensemble clears older ones)
+    result["ensemble"] = {
+        "model": args.ensemble,
+        "served_per_s": median(lambda r: r["ensemble"]["per_s"]),
+        "p50_ms": median(lambda r: r["ensemble"]["p50_ms"]),
+        "p95_ms": median(lambda r: r["ensemble"]["p95_ms"]),
+        "single_vs_ensemble": median(lambda r: r["single_vs_ensemble"]),
+        "ensemble_vs_naive": round(median(lambda r: r["ensemble"]["per_s"]) / result["naive_served_per_s"], 2),
+    } if args.ensemble else None
     path = update_results("serve", result)
     print(
         f"serve (median of {args.repeats}): batch {result['batch_per_s']}/s; served {result['served_per_s']}/s "
         f"(p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms, {args.clients} clients) = "
         f"{result['served_vs_batch']}x batch, {result['served_vs_naive']}x naive ({result['naive_served_per_s']}/s), "
-        f"precision {predictor.precision} "
-        f"-> {path}"
+        f"precision {predictor.precision}"
+        + (f"; ensemble served {result['ensemble']['served_per_s']}/s "
+           f"(single {result['ensemble']['single_vs_ensemble']}x it)" if args.ensemble else "")
+        + f" -> {path}"
     )
 
 
