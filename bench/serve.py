@@ -8,7 +8,7 @@ that makes one ``transformers.pipeline`` call per request, all in the same run.
     python bench/serve.py --model M --ensemble E   # also an ensemble folder served (its cost, same run)
 
 Everything runs on 127.0.0.1; the servers are child processes on free ports. The three phases
-alternate --repeats times and the figures are medians (shared 2-core machines are noisy).
+(four with --ensemble) alternate --repeats times and the figures are medians (shared 2-core machines are noisy).
 Writes bench/results/serve.json and prints one summary line.
 """
 
@@ -224,7 +224,7 @@ def main() -> None:
                 str(args.max_length), "--precision", args.precision]
 
     procs = [start_server(serve_cmd(model, served_port), served_port, out / "served.log")]
-    try:  # both servers wait idle while the other phases run; phases alternate so drift hits all three alike
+    try:  # the servers wait idle while the other phases run; phases alternate so drift hits them all alike
         procs.append(start_server([sys.executable, __file__, "--model", model, "--naive-server", str(naive_port),
                                    "--max-length", str(args.max_length)], naive_port, out / "naive.log"))
         if args.ensemble:
@@ -292,7 +292,8 @@ def main() -> None:
         "p50_ms": median(lambda r: r["ensemble"]["p50_ms"]),
         "p95_ms": median(lambda r: r["ensemble"]["p95_ms"]),
         "single_vs_ensemble": median(lambda r: r["single_vs_ensemble"]),
-        "ensemble_vs_naive": round(median(lambda r: r["ensemble"]["per_s"]) / result["naive_served_per_s"], 2),
+        "ensemble_vs_naive": round(median(lambda r: r["ensemble"]["per_s"]) / result["naive_served_per_s"], 2)
+        if result["naive_served_per_s"] else None,
     } if args.ensemble else None
     path = update_results("serve", result)
     print(
