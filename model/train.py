@@ -94,6 +94,7 @@ def _training_args(cfg: Config, checkpoints: Path, per_epoch: bool, bf16: bool, 
         train_sampling_strategy="group_by_length",
         logging_strategy="steps",
         logging_steps=50,
+        disable_tqdm=False,  # the CLI quiets transformers' logging, which would otherwise hide the bar
         report_to="none",
         seed=cfg.seed,
         dataloader_num_workers=0,
@@ -116,6 +117,54 @@ def _weighted_loss(cfg: Config, labels: np.ndarray, n_classes: int):
         )
 
     return loss_func
+
+
+def training_log_line(logs: dict) -> str:
+    """One readable line for a log of the Trainer (a training step, an evaluation or the run's summary).
+
+    >>> training_log_line({"loss": 1.6104, "grad_norm": 1.739, "learning_rate": 9.596e-05, "epoch": 0.1})
+    'epoch 0.10  loss 1.6104  learning rate 9.60e-05'
+    >>> training_log_line({"eval_loss": 0.41, "eval_accuracy": 0.9175, "eval_macro_f1": 0.8934, "eval_runtime": 9.1,
+    ...                    "epoch": 1.0})
+    'epoch 1.00  validation loss 0.4100  accuracy 91.75%  macro F1 0.893'
+    >>> training_log_line({"train_runtime": 308.6, "train_samples_per_second": 51.85, "train_loss": 0.9105, "epoch": 1.0})
+    'trained 1 epoch in 309 s (51.9 examples/s), mean loss 0.9105'
+    """
+    epoch = float(logs.get("epoch", 0))
+    if "train_runtime" in logs:
+        n = f"{epoch:g} epoch" + ("" if epoch == 1 else "s")
+        return (f"trained {n} in {float(logs['train_runtime']):.0f} s "
+                f"({float(logs.get('train_samples_per_second', 0)):.1f} examples/s), "
+                f"mean loss {float(logs.get('train_loss', float('nan'))):.4f}")
+    if "eval_loss" in logs:
+        parts = [f"validation loss {float(logs['eval_loss']):.4f}"]
+        if "eval_accuracy" in logs:
+            parts.append(f"accuracy {float(logs['eval_accuracy']):.2%}")
+        if "eval_macro_f1" in logs:
+            parts.append(f"macro F1 {float(logs['eval_macro_f1']):.3f}")
+        return f"epoch {epoch:.2f}  " + "  ".join(parts)
+    if "loss" in logs:
+        line = f"epoch {epoch:.2f}  loss {float(logs['loss']):.4f}"
+        return line + (f"  learning rate {float(logs['learning_rate']):.2e}" if "learning_rate" in logs else "")
+    return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items()
+                     if k != "total_flos")
+
+
+def _readable_progress():
+    """The Trainer's progress bar, writing :func:`training_log_line` lines instead of raw log dicts."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class ReadableProgress(ProgressCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            super().on_train_begin(args, state, control, **kwargs)
+            if self.training_bar is not None:
+                self.training_bar.set_description("train (steps)")
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs:
+                self.training_bar.write(training_log_line(logs))
+
+    return ReadableProgress()
 
 
 def _dynamics_recorder(cfg: Config, tok, texts: list[str], precision: str):
@@ -224,6 +273,10 @@ class ClassifierTrainer:
             compute_loss_func=loss_func,
             callbacks=([recorder] if cfg.record_dynamics else []) + self.callbacks,
         )
+        from transformers.trainer_callback import ProgressCallback
+
+        trainer.pop_callback(ProgressCallback)  # the same bar, with log lines that read better
+        trainer.add_callback(_readable_progress())
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start

@@ -114,6 +114,7 @@ def test_cli_train_class_weights_then_score(emotion_slice, tmp_path):
     res = runner.invoke(app, ["train", *args, "--epochs", "1", "--class-weights"])
     assert res.exit_code == 0, res.output
     assert "finetune test" in res.output
+    assert "trained 1 epoch in" in res.output and "{'train_runtime'" not in res.output  # a line, not a dict
     res = runner.invoke(app, ["score", *args, "--split", "validation"])
     assert res.exit_code == 0, res.output
     df = pd.read_parquet(tmp_path / "scores" / "validation.parquet")
@@ -132,6 +133,7 @@ def test_cli_train_shows_transformers_load_report_only_with_verbose(emotion_slic
     assert proc.returncode == 0, proc.stderr
     assert "finetune test" in proc.stdout + proc.stderr
     assert "LOAD REPORT" not in proc.stderr and "newly initialized" not in proc.stderr
+    assert "train (steps)" in proc.stderr  # quieting transformers' logs keeps the training bar
 
 
 def test_cli_bad_input_is_one_line_without_traceback(tmp_path):
