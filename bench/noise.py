@@ -23,6 +23,10 @@ seeds averaged, next to neighbour-label signals on frozen and fine-tuned embeddi
     python bench/noise.py --settings small-class-conditional-10,small-uniform-10,small-model-confusion-10 \
         --seeds 42,1,2 --device cuda --duplicates          # the full small set (GPU)
 
+Where the clean subset's own run exists (``small-clean``, trained for model-confusion), each small setting
+also says how many of the k most suspicious examples without an injected error that model rejects too
+(``top_k_false_positives``): hard or naturally mislabelled tweets the ground truth counts as clean.
+
 ``--duplicates``: the conflicting duplicated texts of the full train split, and how many the checks flag.
 
 Writes bench/results/noise.json (``--results NAME``: NAME.json) and prints a summary table.
@@ -93,6 +97,19 @@ def ranking_metrics(score: np.ndarray, is_error: np.ndarray) -> dict:
         "auroc": round(float(roc_auc_score(is_error, score)), 4),
         "precision_at_k": round(float(is_error[top].mean()), 4),
     }
+
+
+def top_false_positives(score: np.ndarray, is_error: np.ndarray, clean_rejects: np.ndarray, texts: list[str],
+                        given: np.ndarray, suggested: np.ndarray, names: list[str], show: int = 8) -> dict:
+    """The examples without an injected error among the k most suspicious (k = number of errors), and how
+    many of them a model trained on the clean labels rejects too (``clean_rejects`` (N,) bool: its top
+    label is not the original one): hard or naturally mislabelled examples, not errors of the judge."""
+    k = int(is_error.sum())
+    top = np.argsort(-score, kind="stable")[:k]
+    fp = top[~is_error[top]]
+    return {"k": k, "not_injected": len(fp), "rejected_by_the_clean_model": int(clean_rejects[fp].sum()),
+            "examples": [{"text": texts[i], "given": names[given[i]], "judge": names[suggested[i]],
+                          "clean_model_rejects": bool(clean_rejects[i])} for i in fp[:show]]}
 
 
 def flag_scores(flagged: np.ndarray, is_error: np.ndarray) -> dict:
@@ -327,6 +344,11 @@ def run_small(base: Config, settings: list[str], seeds: list[int], args) -> None
             else ClassifierTrainer(cfg).train(dd).metrics
         confusion = np.asarray(metrics["validation"]["confusion_matrix"])
         confusion_source = "validation confusion of a model fine-tuned on the clean subset"
+    clean_run = Path(args.workdir) / "small-clean" / "model" / "dynamics.npz"
+    clean_rejects = None  # the clean-subset model's epoch records, read as the judge reads its own
+    if seeds and clean_run.exists():
+        recorded = np.load(clean_run)["probs"].astype(np.float64)
+        clean_rejects = signals.dynamics_probs(judged_records(base, recorded, args.epochs, len(clean))).argmax(1) != clean
     elif any("model-confusion" in s for s in settings):  # no training: the frozen-feature model's held-out confusion
         from sklearn.metrics import confusion_matrix
 
@@ -394,11 +416,24 @@ def run_small(base: Config, settings: list[str], seeds: list[int], args) -> None
                                                        extra={"neighbours_frozen": 1 - frozen_agree}, embeddings=tuned,
                                                        source="dynamics")
             res[f"dynamics_{k}_seeds"]["cost_vs_one_plain_training"] = round(cost, 3)
+            if k == 1 and clean_rejects is not None:
+                res["top_k_false_positives"] = top_false_positives(
+                    signal_table(noisy, probs)["suspicion"].to_numpy(), is_error, clean_rejects,
+                    list(dd["train"]["text"]), noisy, probs.argmax(1), names)
+                fp = res["top_k_false_positives"]
+                print(f"{setting:<28} top {fp['k']}: {fp['not_injected']} not injected, of which the model trained "
+                      f"on the clean labels rejects {fp['rejected_by_the_clean_model']}")
             r = res[f"dynamics_{k}_seeds"]
             print(f"{setting:<28} {k} seed(s): suspicion AP {r['suspicion']['ap']:.3f} (with the neighbour vote "
                   f"{r['suspicion_and_neighbour_vote']['ap']:.3f}), flagged precision {r['suspicion']['flag_precision']:.3f} "
                   f"recall {r['suspicion']['flag_recall']:.3f}; neighbours (fine-tuned) AP "
                   f"{r['model_neighbour_agreement']['ap']:.3f}; cost {cost:.2f}x")
+        if len(seeds) > 1:  # the spread of one judging run: each seed's alone
+            res["each_seed_alone"] = {}
+            for seed, rec in zip(seeds, epoch_probs):
+                table = signal_table(noisy, signals.dynamics_probs(rec), issue_filter(base, len(noisy))[0])
+                res["each_seed_alone"][str(seed)] = {**ranking_metrics(table["suspicion"].to_numpy(), is_error),
+                                                    **flag_scores(table["is_issue"].to_numpy(), is_error)}
         key = setting if args.epochs == 3 else f"{setting}-{args.epochs:g}-epochs"  # 3: the settings' recipe
         key += "" if args.label_smoothing == 0.1 else f"-label-smoothing-{args.label_smoothing:g}"
         res["epochs"] = args.epochs
