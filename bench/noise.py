@@ -344,16 +344,16 @@ def run_small(base: Config, settings: list[str], seeds: list[int], args) -> None
             else ClassifierTrainer(cfg).train(dd).metrics
         confusion = np.asarray(metrics["validation"]["confusion_matrix"])
         confusion_source = "validation confusion of a model fine-tuned on the clean subset"
-    clean_run = Path(args.workdir) / "small-clean" / "model" / "dynamics.npz"
-    clean_rejects = None  # the clean-subset model's epoch records, read as the judge reads its own
-    if seeds and clean_run.exists():
-        recorded = np.load(clean_run)["probs"].astype(np.float64)
-        clean_rejects = signals.dynamics_probs(judged_records(base, recorded, args.epochs, len(clean))).argmax(1) != clean
     elif any("model-confusion" in s for s in settings):  # no training: the frozen-feature model's held-out confusion
         from sklearn.metrics import confusion_matrix
 
         confusion = confusion_matrix(clean, oof_logreg(feats, clean, len(names), args.folds, args.seed).argmax(1))
         confusion_source = "out-of-fold confusion of frozen features + logistic regression on the clean subset"
+    clean_run = Path(args.workdir) / "small-clean" / "model" / "dynamics.npz"
+    clean_rejects = None  # the clean-subset model's epoch records, read as the judge reads its own
+    if seeds and clean_run.exists():
+        recorded = np.load(clean_run)["probs"].astype(np.float64)
+        clean_rejects = signals.dynamics_probs(judged_records(base, recorded, args.epochs, len(clean))).argmax(1) != clean
     for setting in settings:
         noisy = inject_noise(clean, names, setting, args.seed, confusion)
         is_error = noisy != clean
