@@ -283,3 +283,40 @@ def test_a_judging_run_in_the_models_place_is_what_the_guard_checks(tmp_path):
     wd.save_npy(wd.cached("dynamics-seed43-held-out", key), np.array(one_class))  # a judging run no better
     with pytest.raises(WeakModelError, match=r"judging run, seed 43"):
         judge.judging_probs(cfg, train, wd, held_out)
+
+
+def test_on_small_data_a_long_trained_model_judges_beside_one_judging_run(tmp_path):
+    """Under 5,000 train examples a model that trained --judge-epochs (8) is read up to --judge-stop (its
+    first 5 records) and, by default, one judging run of another seed joins it; --dynamics-runs 1 keeps it alone."""
+    import json
+
+    import datasets
+
+    from cleanloop.config import Config
+    from cleanloop.loops import judge
+    from cleanloop.workdir import Workdir
+
+    labels = np.repeat([0, 1], 30)
+    names = datasets.ClassLabel(names=["a", "b"])
+    train = datasets.Dataset.from_dict({"id": [f"t{i}" for i in range(60)], "text": [f"text {i}" for i in range(60)],
+                                        "label": labels.tolist()}).cast_column("label", names)
+    cfg = Config(workdir=str(tmp_path), epochs=8)
+    wd = Workdir.of(cfg)
+    model = wd.model("finetune")
+    model.mkdir(parents=True)
+    own = np.where(labels[:, None] == np.arange(2), 0.8, 0.2)[None].repeat(8, 0)
+    own[5:] = np.where(labels[:, None] == np.arange(2), 0.99, 0.01)  # the last epochs: learnt by heart
+    np.savez(model / "dynamics.npz", ids=np.asarray(train["id"]), labels=labels, probs=own)
+    (model / "metrics.json").write_text(json.dumps({"validation": {"confusion_matrix": [[30, 0], [0, 30]]},
+                                                    "run": {"config": {"epochs": 8}}}))
+    run = np.where(labels[:, None] == np.arange(2), 0.6, 0.4)[None].repeat(5, 0)
+    wd.save_npy(wd.cached("dynamics-seed43", judge._version_key(cfg, train)), run)  # the judging run, as it caches itself
+
+    judged = judge.judging_probs(cfg, train, wd)
+    assert "(8 epoch records, the first 5" in judged.source and "1 judging run(s) of 5 of 8" in judged.source
+    assert "a judging run joins the model's own record" in judged.source
+    np.testing.assert_allclose(judged.probs[:, 0], np.where(labels == 0, 0.7, 0.3))  # 5 own records and 5 of the run
+
+    alone = judge.judging_probs(cfg.replace(dynamics_runs=1), train, wd)
+    assert "judging run" not in alone.source
+    np.testing.assert_allclose(alone.probs[:, 0], np.where(labels == 0, 0.8, 0.2))
