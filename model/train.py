@@ -150,8 +150,8 @@ def training_log_line(logs: dict) -> str:
                      if k != "total_flos")
 
 
-def _readable_progress():
-    """The Trainer's progress bar, writing :func:`training_log_line` lines instead of raw log dicts."""
+def _use_readable_progress(trainer) -> None:
+    """Give ``trainer`` its usual progress bar, writing :func:`training_log_line` lines instead of raw log dicts."""
     from transformers.trainer_callback import ProgressCallback
 
     class ReadableProgress(ProgressCallback):
@@ -164,7 +164,8 @@ def _readable_progress():
             if state.is_world_process_zero and self.training_bar is not None and logs:
                 self.training_bar.write(training_log_line(logs))
 
-    return ReadableProgress()
+    trainer.pop_callback(ProgressCallback)
+    trainer.add_callback(ReadableProgress())
 
 
 def _dynamics_recorder(cfg: Config, tok, texts: list[str], precision: str):
@@ -273,10 +274,7 @@ class ClassifierTrainer:
             compute_loss_func=loss_func,
             callbacks=([recorder] if cfg.record_dynamics else []) + self.callbacks,
         )
-        from transformers.trainer_callback import ProgressCallback
-
-        trainer.pop_callback(ProgressCallback)  # the same bar, with log lines that read better
-        trainer.add_callback(_readable_progress())
+        _use_readable_progress(trainer)
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
