@@ -115,7 +115,8 @@ class FinetuneLearner(Learner):
     """The fine-tuned classifier of ``cleanloop train`` (:class:`ClassifierTrainer`), saved in the model
     folder of ``workdir``.
 
-    ``min_examples``: train at least ``cfg.epochs`` epochs, more on a small labelled set, so that the
+    ``min_examples``: train at least ``cfg.epochs`` epochs (:func:`~cleanloop.model.train.train_epochs` when it
+    is auto), more on a small labelled set, so that the
     model sees at least this many examples (``epochs = max(cfg.epochs, min_examples / n)``).
     """
 
@@ -131,13 +132,13 @@ class FinetuneLearner(Learner):
         import datasets
 
         from cleanloop.model.predict import Predictor
-        from cleanloop.model.train import ClassifierTrainer
+        from cleanloop.model.train import ClassifierTrainer, train_epochs
 
         feats = datasets.Features({"id": datasets.Value("string"), "text": datasets.Value("string"),
                                    "label": datasets.ClassLabel(names=list(label_names))})
         train = datasets.Dataset.from_dict({"id": [str(i) for i in range(len(texts))], "text": list(texts),
                                             "label": np.asarray(labels).tolist()}, features=feats)
-        cfg = self.cfg.replace(epochs=finetune_epochs(len(texts), self.cfg.epochs, self.min_examples))
+        cfg = self.cfg.replace(epochs=finetune_epochs(len(texts), train_epochs(self.cfg, len(texts)), self.min_examples))
         folder = ClassifierTrainer(cfg, workdir=self.workdir).train(datasets.DatasetDict({"train": train})).output_dir
         self.predictor = Predictor.load(folder, max_length=self.cfg.max_length, precision=self.cfg.precision)
         return self

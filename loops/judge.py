@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cleanloop.config import Config
+from cleanloop.config import SMALL_DATA, Config
 from cleanloop.errors import CleanloopError, WeakModelError
 from cleanloop.workdir import Workdir
 
 log = logging.getLogger("cleanloop")
-SMALL_DATA = 5000  # train examples under which a longer run's dynamics judge too by default (dynamics_runs = 0)
 
 
 @dataclass

@@ -62,7 +62,7 @@ def model_card(cfg: Config, metrics: dict, info: dict, names: list[str]) -> str:
         "",
         "## Training",
         "",
-        f"- epochs {cfg.epochs}, learning rate {cfg.learning_rate}, batch size {cfg.batch_size}, max length {cfg.max_length}",
+        f"- epochs {cfg.epochs:g}, learning rate {cfg.learning_rate}, batch size {cfg.batch_size}, max length {cfg.max_length}",
         f"- label smoothing {cfg.label_smoothing}, class-weighted loss: {'yes' if cfg.class_weights else 'no'}, seed {cfg.seed}",
         f"- wall time {info['train_seconds']:.0f} s on {info['device']} (torch {info['torch']})",
         "",

@@ -24,7 +24,7 @@ import torch
 
 from cleanloop import __version__
 from cleanloop.atomic import folder_tmp, replace_folder
-from cleanloop.config import Config
+from cleanloop.config import SMALL_DATA, Config
 from cleanloop.model.card import model_card
 from cleanloop.model import precision as prec
 from cleanloop.model.infer import classifier_step, default_device, encoder_step, forward_batches, resolve_model_name
@@ -69,6 +69,23 @@ def evaluate_splits(probs_by_split: dict[str, tuple[np.ndarray, np.ndarray]], na
         metrics[split] = m = classification_metrics(y, probs.argmax(1), names)
         plot_confusion_matrix(m["confusion_matrix"], names, f"{title} ({split})", out / f"confusion_{split}.png")
     return metrics
+
+
+def train_epochs(cfg: Config, n_examples: int) -> float:
+    """Epochs of a fine-tune on ``n_examples``: ``cfg.epochs``, or when it is 0 (auto) ``cfg.judge_epochs``
+    on small data (under :data:`~cleanloop.config.SMALL_DATA` examples) and 1 otherwise.
+
+    One epoch of 3,000 examples is 94 steps of 32: too few. On 3,000 emotion tweets with 10% label errors
+    (bench/noise.py) 3 epochs reached 80.4% test accuracy and 8 reached 88.1% (the best epoch by validation
+    macro F1 is kept), and a model that trained ``--judge-epochs`` judges its labels itself, beside one
+    judging run (cleanloop.loops.judge): AP 0.851 against 0.815 after 3 epochs, for less extra time.
+
+    >>> train_epochs(Config(), 3000), train_epochs(Config(), 16000), train_epochs(Config(epochs=3), 3000)
+    (8.0, 1.0, 3)
+    """
+    if cfg.epochs:
+        return cfg.epochs
+    return cfg.judge_epochs if n_examples < SMALL_DATA else 1.0
 
 
 def _training_args(cfg: Config, checkpoints: Path, per_epoch: bool, bf16: bool, device: torch.device):
@@ -213,6 +230,10 @@ class ClassifierTrainer:
         out = Path(output_dir) if output_dir is not None else self.workdir.model(self.cfg.method)
         if self.cfg.method == "features":
             return self._train_features(dd, out)
+        if not self.cfg.epochs:  # auto: as the data's size says
+            self.cfg = self.cfg.replace(epochs=train_epochs(self.cfg, len(dd["train"])))
+            log.info("epochs: %g (auto for %s train examples: --judge-epochs under %s, else 1; --epochs sets them)",
+                     self.cfg.epochs, f"{len(dd['train']):,}", f"{SMALL_DATA:,}")
         return self._train_finetune(dd, out)
 
     # --- fine-tuning -------------------------------------------------------------

@@ -40,7 +40,8 @@ def test_invalid_method_rejected():
 
 @pytest.mark.parametrize("changes, words", [
     ({"max_review": -1}, r"max_review must be 0 \(all\) or more"),
-    ({"epochs": 0}, "epochs must be a number above 0"),
+    ({"epochs": -1}, r"epochs must be 0 \(auto\) or a number above 0"),
+    ({"epochs": float("inf")}, r"epochs must be 0 \(auto\) or a number above 0"),
     ({"learning_rate": -1e-4}, "learning_rate must be a number above 0"),
     ({"learning_rate": float("nan")}, "learning_rate must be a number above 0"),
     ({"batch_size": 0}, "batch_size must be 1 or more"),
@@ -118,7 +119,7 @@ def test_loop_options_load_from_a_loop_table(tmp_path):
 
 
 @pytest.mark.parametrize("toml, words", [
-    ("[training]\nepochs = 0\n", r"c.toml \[training\]: epochs must be a number above 0, got 0.0; "
+    ("[training]\nepochs = -2\n", r"c.toml \[training\]: epochs must be 0 \(auto\) or a number above 0, got -2.0; "
                                  r"fix: set epochs \(--epochs, or epochs in \[training\]\) to a value in that range"),
     ('[model]\nmethod = "svm"\n', r"c.toml \[model\]: method must be one of finetune, features, got 'svm'; "
                                   r"fix: set method \(--method, or method in \[model\]\) to one of"),
@@ -136,7 +137,7 @@ def test_a_bad_value_names_key_file_table_and_fix(tmp_path, toml, words):
 
 
 def test_a_bad_option_names_the_option():
-    with pytest.raises(CleanloopError, match=r"^option --epochs: epochs must be a number above 0"):
+    with pytest.raises(CleanloopError, match=r"^option --epochs: epochs must be 0 \(auto\) or a number above 0"):
         load_config(None, epochs=-1)
     with pytest.raises(CleanloopError, match=r"^option --batch: batch_size must be 1 or more"):
         load_config(None, groups={"active": {"batch_size": 0}})
@@ -168,7 +169,7 @@ def test_flat_access_replace_and_pickle():
     assert moved.training.epochs == 5 and "epochs" not in vars(moved)
     assert pickle.loads(pickle.dumps(moved)) == moved
     with pytest.raises(CleanloopError, match="fix: set epochs"):
-        cfg.replace(epochs=0)
+        cfg.replace(epochs=-0.5)
     with pytest.raises(CleanloopError, match="unknown setting 'epoch'; did you mean 'epochs'"):
         Config(epoch=2)
 

@@ -1,6 +1,7 @@
 """Integration: the real packaged MiniLM, trained a few steps on a slice of the emotion data."""
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,19 @@ def test_finetune_saves_model_metrics_card_and_dynamics(trained):
     assert p["requested"] == "auto" and p["checked_on"] == "validation (64 texts)"
     assert set(p["checks"]) >= {"fp32", "int8"} and 0.5 < p["checks"]["int8"]["agreement"] <= 1
     assert p["used"] == Predictor.load(out, device="cpu").precision
+
+
+def test_small_data_trains_judge_epochs_by_default(emotion_slice, tmp_path, caplog):
+    """--epochs 0, the default (auto): under 5,000 train examples a fine-tune trains --judge-epochs, which
+    the model's record, card and log say; the data set and --judge-epochs decide, not a constant."""
+    cfg = Config(dataset=str(emotion_slice), workdir=str(tmp_path), judge_epochs=3, learning_rate=2e-4)
+    assert cfg.epochs == 0
+    with caplog.at_level(logging.INFO, "cleanloop"):
+        result = ClassifierTrainer(cfg).train(load_data(cfg))
+    assert json.loads((result.output_dir / "metrics.json").read_text())["run"]["config"]["training"]["epochs"] == 3
+    assert np.load(result.output_dir / "dynamics.npz")["probs"].shape == (3, 192, 6)  # one record per epoch
+    assert "- epochs 3," in (result.output_dir / "README.md").read_text()
+    assert "epochs: 3 (auto for 192 train examples: --judge-epochs under 5,000, else 1" in caplog.text
 
 
 def test_reloaded_model_scores_like_the_trained_one(trained):
