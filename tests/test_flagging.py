@@ -285,9 +285,10 @@ def test_a_judging_run_in_the_models_place_is_what_the_guard_checks(tmp_path):
         judge.judging_probs(cfg, train, wd, held_out)
 
 
-def test_on_small_data_a_long_trained_model_judges_beside_one_judging_run(tmp_path):
+def test_on_small_data_a_long_trained_model_judges_beside_two_judging_runs(tmp_path):
     """Under 5,000 train examples a model that trained --judge-epochs (8) is read up to --judge-stop (its
-    first 5 records) and, by default, one judging run of another seed joins it; --dynamics-runs 1 keeps it alone."""
+    first 5 records) and, by default, two judging runs of other seeds join it; --dynamics-runs 2 asks for one,
+    --dynamics-runs 1 keeps it alone."""
     import json
 
     import datasets
@@ -309,13 +310,19 @@ def test_on_small_data_a_long_trained_model_judges_beside_one_judging_run(tmp_pa
     np.savez(model / "dynamics.npz", ids=np.asarray(train["id"]), labels=labels, probs=own)
     (model / "metrics.json").write_text(json.dumps({"validation": {"confusion_matrix": [[30, 0], [0, 30]]},
                                                     "run": {"config": {"epochs": 8}}}))
-    run = np.where(labels[:, None] == np.arange(2), 0.6, 0.4)[None].repeat(5, 0)
-    wd.save_npy(wd.cached("dynamics-seed43", judge._version_key(cfg, train)), run)  # the judging run, as it caches itself
+    key = judge._version_key(cfg, train)
+    for seed, p in ((43, 0.6), (44, 0.9)):  # the judging runs, as they cache themselves
+        wd.save_npy(wd.cached(f"dynamics-seed{seed}", key), np.where(labels[:, None] == np.arange(2), p, 1 - p)[None].repeat(5, 0))
 
     judged = judge.judging_probs(cfg, train, wd)
-    assert "(8 epoch records, the first 5" in judged.source and "1 judging run(s) of 5 of 8" in judged.source
-    assert "a judging run joins the model's own record" in judged.source
-    np.testing.assert_allclose(judged.probs[:, 0], np.where(labels == 0, 0.7, 0.3))  # 5 own records and 5 of the run
+    assert "(8 epoch records, the first 5" in judged.source and "2 judging run(s) of 5 of 8" in judged.source
+    assert "with seeds 43, 44 (auto: under 5,000 train examples 2 judging runs join the record of a model that trained 8" \
+        in judged.source
+    np.testing.assert_allclose(judged.probs[:, 0], np.where(labels == 0, 2.3 / 3, 0.7 / 3))  # 5 own records, 5 of each run
+
+    one = judge.judging_probs(cfg.replace(dynamics_runs=2), train, wd)
+    assert "1 judging run(s) of 5 of 8" in one.source and "auto" not in one.source.split("seeds 43")[1].split(";")[0]
+    np.testing.assert_allclose(one.probs[:, 0], np.where(labels == 0, 0.7, 0.3))
 
     alone = judge.judging_probs(cfg.replace(dynamics_runs=1), train, wd)
     assert "judging run" not in alone.source

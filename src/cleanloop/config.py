@@ -272,8 +272,8 @@ class FlaggingOptions(Options):
         default=0,
         metadata={"help": "Training runs whose dynamics judge the labels (--flag-source dynamics): the trained model's "
                           "and N-1 judging runs with other seeds, averaged; under 5,000 train examples a model that "
-                          "trained fewer than --judge-epochs is left out when judging runs judge. 0: auto, 2 there, "
-                          "else 1."},
+                          "trained fewer than --judge-epochs is left out when judging runs judge. 0: auto: under 5,000 "
+                          "train examples 3 after a model that trained --judge-epochs, else 2; from 5,000 up 1."},
     )
     judge_epochs: float = field(
         default=8.0,
