@@ -44,7 +44,7 @@ def judging_probs(cfg: Config, train_ds, workdir: Workdir | None = None, held_ou
     """
     from cleanloop.loops.oof import oof_finetune, oof_logreg
     from cleanloop.loops.signals import dynamics_probs
-    from cleanloop.model.train import extract_features
+    from cleanloop.model.train import extract_features, train_epochs
 
     wd = workdir or Workdir.of(cfg)
     labels = np.asarray(train_ds["label"])
@@ -63,7 +63,8 @@ def judging_probs(cfg: Config, train_ds, workdir: Workdir | None = None, held_ou
                 "fix: run 'cleanloop train' on this data first"
             )
         metrics = json.loads((path.parent / "metrics.json").read_text()) if (path.parent / "metrics.json").exists() else {}
-        trained = metrics.get("run", {}).get("config", {}).get("epochs", cfg.epochs)
+        # the epochs the model trained, as its run recorded them (else as these settings would train it)
+        trained = metrics.get("run", {}).get("config", {}).get("training", {}).get("epochs") or train_epochs(cfg, len(labels))
         runs = dynamics_runs(cfg, len(labels), trained)
         own = judged_records(cfg, dyn["probs"], trained, len(labels), more_runs=runs > 1)
         split = next((s for s in ("validation", "test") if s in metrics), None)
@@ -146,10 +147,11 @@ def dynamics_runs(cfg: Config, n_examples: int, trained_epochs: float) -> int:
     trained mattered, how many judged much less: AP 0.46 for one run of 3 epochs, 0.59 for three;
     0.824 for one run of 8 epochs, 0.833 for three; 0.779 for one of 12 (it learns the wrong labels
     by heart). So the judging runs train 8 epochs (:func:`_seed_dynamics`). Beside a model that already
-    did (label smoothing 0.1, its first 5 of 8 records), one judging run (label smoothing 0.3) ranked at AP
-    0.851 and 0.837 (class-conditional, model seeds 42 and 1), 0.909 (uniform), 0.859 (model-confusion),
-    and two at 0.861 and 0.854, 0.905, 0.870; each costs about 0.67x that model's training, so two fit
-    the 2x budget. After a shorter model one judging run is already 1.58x a 3-epoch model's training.
+    did (label smoothing 0.1, its first 5 of 8 records), one judging run (label smoothing 0.3) ranked the
+    errors at AP 0.851 and 0.837 (class-conditional, model seeds 42 and 1), 0.909 (uniform) and 0.859
+    (model-confusion); two at 0.854 and 0.852, 0.911 and 0.870, for 1.29-1.34x that model's plain
+    training, within the 2x budget. After a shorter model one judging run is already 1.58x a 3-epoch
+    model's training.
 
     >>> cfg = Config()
     >>> dynamics_runs(cfg, 3000, 8), dynamics_runs(cfg, 3000, 3), dynamics_runs(cfg, 16000, 1)

@@ -267,7 +267,7 @@ def test_a_judging_run_in_the_models_place_is_what_the_guard_checks(tmp_path):
     probs = np.full((1, 60, 2), 0.5)
     np.savez(model / "dynamics.npz", ids=np.asarray(train["id"]), labels=labels, probs=probs)
     (model / "metrics.json").write_text(json.dumps({"validation": {"confusion_matrix": one_class},
-                                                    "run": {"config": {"epochs": 1}}}))
+                                                    "run": {"config": {"training": {"epochs": 1}}}}))
     with pytest.raises(WeakModelError, match="validation"):  # no held-out split: the trained model is checked
         judge.judging_probs(cfg, train, wd)
 
@@ -301,7 +301,7 @@ def test_on_small_data_a_long_trained_model_judges_beside_two_judging_runs(tmp_p
     names = datasets.ClassLabel(names=["a", "b"])
     train = datasets.Dataset.from_dict({"id": [f"t{i}" for i in range(60)], "text": [f"text {i}" for i in range(60)],
                                         "label": labels.tolist()}).cast_column("label", names)
-    cfg = Config(workdir=str(tmp_path), epochs=8)
+    cfg = Config(workdir=str(tmp_path), epochs=2)  # flag's own --epochs: the 8 the model's run recorded count
     wd = Workdir.of(cfg)
     model = wd.model("finetune")
     model.mkdir(parents=True)
@@ -309,7 +309,7 @@ def test_on_small_data_a_long_trained_model_judges_beside_two_judging_runs(tmp_p
     own[5:] = np.where(labels[:, None] == np.arange(2), 0.99, 0.01)  # the last epochs: learnt by heart
     np.savez(model / "dynamics.npz", ids=np.asarray(train["id"]), labels=labels, probs=own)
     (model / "metrics.json").write_text(json.dumps({"validation": {"confusion_matrix": [[30, 0], [0, 30]]},
-                                                    "run": {"config": {"epochs": 8}}}))
+                                                    "run": {"config": {"training": {"epochs": 8}}}}))
     key = judge._version_key(cfg, train)
     for seed, p in ((43, 0.6), (44, 0.9)):  # the judging runs, as they cache themselves
         wd.save_npy(wd.cached(f"dynamics-seed{seed}", key), np.where(labels[:, None] == np.arange(2), p, 1 - p)[None].repeat(5, 0))

@@ -66,6 +66,13 @@ def test_small_data_trains_judge_epochs_by_default(emotion_slice, tmp_path, capl
     assert np.load(result.output_dir / "dynamics.npz")["probs"].shape == (3, 192, 6)  # one record per epoch
     assert "- epochs 3," in (result.output_dir / "README.md").read_text()
     assert "epochs: 3 (auto for 192 train examples: --judge-epochs under 5,000, else 1" in caplog.text
+    # such a model judges its labels itself, beside two judging runs (--dynamics-runs auto: 3)
+    res = CliRunner().invoke(app, ["flag", "--dataset", cfg.dataset, "--workdir", cfg.workdir, "--judge-epochs", "3",
+                                   "--min-gain-over-baseline", "0", "--no-map"])
+    assert res.exit_code == 0, res.output
+    assert ("training dynamics of {} (3 epoch records, the first 2: --judge-stop 0.625) and of 2 judging run(s) of 2 of "
+            "3 scheduled epochs, label smoothing 0.3, with seeds 43, 44 (auto: under 5,000 train examples 2 judging runs "
+            "join the record of a model that trained 3 epochs)").format(result.output_dir) in res.output
 
 
 def test_reloaded_model_scores_like_the_trained_one(trained):
