@@ -53,8 +53,8 @@ SERVE_MAX_BATCH = 16
 SERVE_MAX_GAP_MS = 2.0
 
 # Train examples under which a data set is small: a fine-tune trains --judge-epochs by default
-# (cleanloop.model.train.train_epochs), and flagging judges with a judging run beside the model
-# (cleanloop.loops.judge).
+# (cleanloop.model.train.train_epochs), and flagging judges with judging runs beside or in place of
+# the model (cleanloop.loops.judge).
 SMALL_DATA = 5000
 
 # Numeric precisions (cleanloop.model.precision): 'auto' picks bf16 where the hardware runs it natively.
