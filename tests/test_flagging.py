@@ -241,33 +241,41 @@ def test_neighbour_vote_in_the_models_representation_is_a_column_beside_suspicio
         signal_table(noisy, weak, embeddings=X[:-1])
 
 
-def test_a_judging_run_in_the_models_place_is_what_the_guard_checks(tmp_path):
-    """On small data a model that trained fewer than --judge-epochs does not judge: a judging run does,
-    and the majority-class guard checks that run on the held-out split, not the weaker model."""
+def _recorded_model(cfg, probs: np.ndarray, confusion, trained_epochs: float):
+    """A 60-example train split (labels a, b) and, in ``cfg``'s workdir, a model folder as ``cleanloop train``
+    leaves it: its epoch records ``probs`` (E, 60, 2), and metrics with its validation ``confusion`` and the
+    epochs its run trained. Returns the labels, the split and the Workdir."""
     import json
 
     import datasets
 
-    from cleanloop.config import Config
-    from cleanloop.errors import WeakModelError
-    from cleanloop.loops import judge
     from cleanloop.workdir import Workdir
 
-    rng = np.random.default_rng(0)
     labels = np.repeat([0, 1], 30)
     names = datasets.ClassLabel(names=["a", "b"])
     train = datasets.Dataset.from_dict({"id": [f"t{i}" for i in range(60)], "text": [f"text {i}" for i in range(60)],
                                         "label": labels.tolist()}).cast_column("label", names)
-    held_out = train.select(range(10))
-    cfg = Config(workdir=str(tmp_path), epochs=1)
     wd = Workdir.of(cfg)
     model = wd.model("finetune")
     model.mkdir(parents=True)
-    one_class = [[30, 0], [30, 0]]  # the trained model predicts class a for everything
-    probs = np.full((1, 60, 2), 0.5)
     np.savez(model / "dynamics.npz", ids=np.asarray(train["id"]), labels=labels, probs=probs)
-    (model / "metrics.json").write_text(json.dumps({"validation": {"confusion_matrix": one_class},
-                                                    "run": {"config": {"training": {"epochs": 1}}}}))
+    (model / "metrics.json").write_text(json.dumps({"validation": {"confusion_matrix": confusion},
+                                                    "run": {"config": {"training": {"epochs": trained_epochs}}}}))
+    return labels, train, wd
+
+
+def test_a_judging_run_in_the_models_place_is_what_the_guard_checks(tmp_path):
+    """On small data a model that trained fewer than --judge-epochs does not judge: a judging run does,
+    and the majority-class guard checks that run on the held-out split, not the weaker model."""
+    from cleanloop.config import Config
+    from cleanloop.errors import WeakModelError
+    from cleanloop.loops import judge
+
+    rng = np.random.default_rng(0)
+    cfg = Config(workdir=str(tmp_path), epochs=1)
+    one_class = [[30, 0], [30, 0]]  # the trained model predicts class a for everything
+    labels, train, wd = _recorded_model(cfg, np.full((1, 60, 2), 0.5), one_class, 1)
+    held_out = train.select(range(10))
     with pytest.raises(WeakModelError, match="validation"):  # no held-out split: the trained model is checked
         judge.judging_probs(cfg, train, wd)
 
@@ -289,27 +297,14 @@ def test_on_small_data_a_long_trained_model_judges_beside_two_judging_runs(tmp_p
     """Under 5,000 train examples a model that trained --judge-epochs (8) is read up to --judge-stop (its
     first 5 records) and, by default, two judging runs of other seeds join it; --dynamics-runs 2 asks for one,
     --dynamics-runs 1 keeps it alone."""
-    import json
-
-    import datasets
-
     from cleanloop.config import Config
     from cleanloop.loops import judge
-    from cleanloop.workdir import Workdir
 
-    labels = np.repeat([0, 1], 30)
-    names = datasets.ClassLabel(names=["a", "b"])
-    train = datasets.Dataset.from_dict({"id": [f"t{i}" for i in range(60)], "text": [f"text {i}" for i in range(60)],
-                                        "label": labels.tolist()}).cast_column("label", names)
     cfg = Config(workdir=str(tmp_path), epochs=2)  # flag's own --epochs: the 8 the model's run recorded count
-    wd = Workdir.of(cfg)
-    model = wd.model("finetune")
-    model.mkdir(parents=True)
-    own = np.where(labels[:, None] == np.arange(2), 0.8, 0.2)[None].repeat(8, 0)
-    own[5:] = np.where(labels[:, None] == np.arange(2), 0.99, 0.01)  # the last epochs: learnt by heart
-    np.savez(model / "dynamics.npz", ids=np.asarray(train["id"]), labels=labels, probs=own)
-    (model / "metrics.json").write_text(json.dumps({"validation": {"confusion_matrix": [[30, 0], [0, 30]]},
-                                                    "run": {"config": {"training": {"epochs": 8}}}}))
+    given = np.repeat([0, 1], 30)[:, None] == np.arange(2)
+    own = np.where(given, 0.8, 0.2)[None].repeat(8, 0)
+    own[5:] = np.where(given, 0.99, 0.01)  # the last epochs: learnt by heart
+    labels, train, wd = _recorded_model(cfg, own, [[30, 0], [0, 30]], 8)
     key = judge._version_key(cfg, train)
     for seed, p in ((43, 0.6), (44, 0.9)):  # the judging runs, as they cache themselves
         wd.save_npy(wd.cached(f"dynamics-seed{seed}", key), np.where(labels[:, None] == np.arange(2), p, 1 - p)[None].repeat(5, 0))
